@@ -1,0 +1,138 @@
+"""The media store: where uploads and every stage's artifacts live, one folder per partition.
+
+Paths are built only from a validated partition key and from artifact names chosen by the code
+(``source``, ``audio.wav``, ``transcript.json``...), never from a user's file name, so a hostile
+name such as ``../../etc/passwd.mp4`` cannot escape the store. Every write goes to a temporary
+name in the same folder and is renamed into place (``os.replace`` is atomic on POSIX), so a crash
+leaves either the old artifact or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from narra_dagster import settings
+from narra_dagster.media import is_partition_key
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+SOURCE = "source"
+MANIFEST = "manifest.json"
+
+
+def _check(key: str, name: str) -> None:
+    if not is_partition_key(key):
+        raise ValueError(f"not a partition key: {key!r}")
+    if not _NAME.match(name) or ".." in name:
+        raise ValueError(f"not an artifact name: {name!r}")
+
+
+class MediaStore(dg.ConfigurableResource, ABC):
+    """Interface of a content-addressed media store (local folder here; S3 in production).
+
+    Artifacts are addressed by ``(partition_key, name)``. ``partition_key`` must be 16 lowercase
+    hex digits and ``name`` a short lowercase artifact name; anything else raises ``ValueError``.
+    """
+
+    @abstractmethod
+    def local_path(self, key: str, name: str) -> Path:
+        """Return a local filesystem path holding the artifact, for libraries that need one.
+
+        Raises:
+            FileNotFoundError: when the artifact does not exist.
+        """
+
+    @abstractmethod
+    @contextlib.contextmanager
+    def writer(self, key: str, name: str) -> Iterator[Path]:
+        """Yield a temporary local path to write the artifact to; on a clean exit it is moved
+        into place atomically, on an exception it is deleted and nothing changes."""
+
+    @abstractmethod
+    def exists(self, key: str, name: str) -> bool:
+        """True when the artifact exists."""
+
+    @abstractmethod
+    def uri(self, key: str, name: str) -> str:
+        """A location a person can open (a path or an ``s3://`` URL), for metadata."""
+
+    def put_file(self, key: str, name: str, source: Path) -> int:
+        """Copy a local file into the store atomically; return its size in bytes."""
+        with self.writer(key, name) as tmp:
+            shutil.copyfile(source, tmp)
+            return tmp.stat().st_size
+
+    def write_bytes(self, key: str, name: str, data: bytes) -> int:
+        """Write bytes atomically; return the size in bytes."""
+        with self.writer(key, name) as tmp:
+            tmp.write_bytes(data)
+        return len(data)
+
+    def write_json(self, key: str, name: str, value: Any) -> int:
+        """Write a JSON document atomically (UTF-8, indented); return the size in bytes."""
+        return self.write_bytes(key, name, json.dumps(value, indent=1, ensure_ascii=False).encode())
+
+    def read_bytes(self, key: str, name: str) -> bytes:
+        """Return an artifact's bytes. Raises ``FileNotFoundError`` when it does not exist."""
+        return self.local_path(key, name).read_bytes()
+
+    def read_json(self, key: str, name: str) -> Any:
+        """Return a JSON artifact. Raises ``FileNotFoundError`` when it does not exist."""
+        return json.loads(self.read_bytes(key, name))
+
+    def manifest(self, key: str) -> dict[str, Any]:
+        """Return what was recorded at ingest: kind, source name, size, SHA-256, time."""
+        return self.read_json(key, MANIFEST)
+
+
+class LocalMediaStore(MediaStore):
+    """Media store in a local folder: ``<root>/<partition_key>/<artifact>``."""
+
+    root: str = Field(
+        default_factory=lambda: str(settings.media_dir()),
+        description="Folder of the store; default $NARRA_HOME/media.",
+    )
+
+    def _dir(self, key: str) -> Path:
+        return Path(self.root) / key
+
+    def local_path(self, key: str, name: str) -> Path:
+        _check(key, name)
+        path = self._dir(key) / name
+        if not path.exists():
+            raise FileNotFoundError(f"{name} of {key} is not in the media store ({path})")
+        return path
+
+    @contextlib.contextmanager
+    def writer(self, key: str, name: str) -> Iterator[Path]:
+        _check(key, name)
+        folder = self._dir(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            os.replace(tmp, folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def exists(self, key: str, name: str) -> bool:
+        _check(key, name)
+        return (self._dir(key) / name).exists()
+
+    def uri(self, key: str, name: str) -> str:
+        _check(key, name)
+        return str(self._dir(key) / name)

@@ -1,0 +1,60 @@
+"""Where narra keeps its data: one folder, ``NARRA_HOME``, and Dagster's instance inside it.
+
+Layout under ``NARRA_HOME`` (default ``~/.narra``)::
+
+    inbox/            files dropped here are picked up by the upload sensor
+    inbox/.processed/ originals moved here once registered, one folder per partition key
+    inbox/.rejected/  files of a type narra cannot process, each with a ``.reason.txt``
+    media/            the content-addressed media store, one folder per partition key
+    index/            the LanceDB search index
+    dagster/          DAGSTER_HOME, unless DAGSTER_HOME is set
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+_TEMPLATE = Path(__file__).with_name("dagster.yaml")
+
+
+def narra_home() -> Path:
+    """Return ``$NARRA_HOME``, or ``~/.narra`` when unset; the folder is not created."""
+    return Path(os.environ.get("NARRA_HOME") or Path.home() / ".narra").expanduser().absolute()
+
+
+def inbox_dir() -> Path:
+    """Return the inbox folder watched by the upload sensor."""
+    return Path(os.environ.get("NARRA_INBOX") or narra_home() / "inbox")
+
+
+def media_dir() -> Path:
+    """Return the root of the local media store."""
+    return narra_home() / "media"
+
+
+def index_dir() -> Path:
+    """Return the folder of the local LanceDB search index."""
+    return narra_home() / "index"
+
+
+def dagster_home() -> Path:
+    """Return ``$DAGSTER_HOME``, defaulting to ``$NARRA_HOME/dagster``."""
+    return Path(os.environ.get("DAGSTER_HOME") or narra_home() / "dagster").expanduser().absolute()
+
+
+def ensure_dagster_home() -> Path:
+    """Create DAGSTER_HOME if needed, give it the project's ``dagster.yaml`` when it has none,
+    and export it in ``os.environ`` so Dagster and child processes use it.
+
+    Returns:
+        The DAGSTER_HOME folder.
+    """
+    home = dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        shutil.copyfile(_TEMPLATE, config)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
