@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from narra_dagster.errors import BadInputError
+from narra_dagster.media import sniff_kind
 
 AUDIO_RATE = 16_000
 
@@ -27,8 +28,14 @@ def _open(path: Path):
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.error.InvalidDataError as exc:
+        with open(path, "rb") as fh:
+            looks_like_media = sniff_kind(fh.read(512)) == "video"
+        if looks_like_media:
+            raise BadInputError(
+                "the file starts like an audio/video container but cannot be opened: it is "
+                f"truncated or corrupt (FFmpeg: {exc.strerror})", code="corrupt_media") from exc
         raise BadInputError(
-            f"not a readable audio or video file, or a truncated one (FFmpeg: {exc.strerror})",
+            f"not an audio or video file: its bytes match no media format (FFmpeg: {exc.strerror})",
             code="not_media",
         ) from exc
     except av.error.FFmpegError as exc:

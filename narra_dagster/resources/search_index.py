@@ -87,35 +87,52 @@ class SearchHit(BaseModel):
 
 
 _TOKEN = re.compile(r"[\w']+")
+# Words too common to say where a phrase is (a short English stop list).
+_STOP = frozenset(
+    "a an and are as at be but by for from has have i in is it its of on or so that the this "
+    "to was were will with".split()
+)
 
 
 def _tokens(text: str) -> list[str]:
     return [t.lower().strip("'") for t in _TOKEN.findall(text)]
 
 
+def _same_word(a: str, b: str) -> bool:
+    # A shared 5-letter prefix stands in for stemming: sleeps ~ sleeping, launch ~ launches.
+    return a == b or (len(a) >= 5 and len(b) >= 5 and a[:5] == b[:5])
+
+
 def locate_phrase(query: str, words: Sequence[Sequence[Any]]) -> tuple[float, float] | None:
     """Find where the query's words are spoken inside a chunk.
 
-    Slides a window as long as the query over the chunk's words and keeps the first window with
-    the most query words in it.
+    Slides a window of (query words + 3) over the chunk's words and keeps the first window that
+    contains the most distinct query words; stop words are ignored unless the query has nothing
+    else.
 
     Args:
         query: the search text.
-        words: ``[[word, start_s, end_s], ...]`` of the chunk.
+        words: ``[[word, start_s, end_s], ...]`` of the chunk, times in seconds.
 
     Returns:
-        ``(start_s, end_s)`` of the matched words, or ``None`` when no query word occurs.
+        ``(start_s, end_s)`` from the first to the last matched word, or ``None`` when no query
+        word occurs in the chunk.
     """
-    wanted = set(_tokens(query))
+    query_tokens = _tokens(query)
+    wanted = [t for t in query_tokens if t not in _STOP] or query_tokens
     if not wanted or not words:
         return None
-    normalized = [(_tokens(str(w[0])) or [""])[0] for w in words]
-    span = max(1, len(_tokens(query)))
+    spoken = [(_tokens(str(w[0])) or [""])[0] for w in words]
+    matches = [next((q for q in wanted if _same_word(q, w)), None) for w in spoken]
+    span = len(query_tokens) + 3
     best, best_at = 0, None
     for i in range(len(words)):
-        hits = [j for j in range(i, min(i + span, len(words))) if normalized[j] in wanted]
-        if len(hits) > best:
-            best, best_at = len(hits), (hits[0], hits[-1])
+        if matches[i] is None:
+            continue
+        window = [j for j in range(i, min(i + span, len(words))) if matches[j] is not None]
+        found = len({matches[j] for j in window})
+        if found > best:
+            best, best_at = found, (window[0], window[-1])
     if best_at is None:
         return None
     return float(words[best_at[0]][1]), float(words[best_at[1]][2])
