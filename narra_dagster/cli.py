@@ -35,9 +35,9 @@ def _instance():
 
 
 def _defs():
-    from narra_dagster.definitions import defs
+    from narra_dagster.definitions import build_defs
 
-    return defs
+    return build_defs()
 
 
 @app.command()

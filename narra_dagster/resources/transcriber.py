@@ -168,6 +168,9 @@ class OpenAIWhisperTranscriber(Transcriber):
     download_root: str | None = None
     beam_size: int = Field(default=5, ge=1)
     language: str | None = "en"
+    temperatures: list[float] = Field(
+        default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        description="Whisper's fallback schedule: decode at 0.0, sample hotter when it fails.")
 
     _model = PrivateAttr(default=None)
     _lock = PrivateAttr(default=None)
@@ -194,6 +197,7 @@ class OpenAIWhisperTranscriber(Transcriber):
                 audio,
                 language=self.language,
                 beam_size=self.beam_size,
+                temperature=tuple(self.temperatures),
                 fp16=False,
                 word_timestamps=True,
                 condition_on_previous_text=False,

@@ -1,0 +1,68 @@
+"""The commands a user runs, as subprocesses: `narra process/search/status` and
+`dagster asset materialize` for one partition."""
+
+import json
+import subprocess
+import sys
+
+import dagster as dg
+
+from narra_dagster.ingest import store_upload
+from narra_dagster.resources import LocalMediaStore
+
+from .conftest import REPO, SAMPLE_VIDEO, subprocess_env
+
+
+def _run(args, env, timeout=300):
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_readme_flow_process_then_search_then_status(home, tmp_path):
+    """What the README shows: process the sample video, then find a phrase and its second."""
+    env = subprocess_env(home)
+    timeline = json.loads(SAMPLE_VIDEO.with_suffix(".json").read_text())
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"")
+    done = _run(["narra", "process", str(SAMPLE_VIDEO), str(junk), "--json"], env)
+    results = {r["source_name"]: r for r in json.loads(done.stdout)}
+    assert done.returncode == 1  # one file failed, so the command says so
+    assert results["sample_video.mp4"]["status"] == "succeeded"
+    assert results["junk.mp4"]["error_class"] == "empty_file"
+    assert (home / "dagster" / "dagster.yaml").exists()
+
+    again = _run(["narra", "process", str(SAMPLE_VIDEO), "--json"], env)
+    assert again.returncode == 0 and json.loads(again.stdout)[0]["status"] == "skipped"
+
+    found = _run(["narra", "search", "cup of coffee", "--json", "--limit", "3"], env)
+    assert found.returncode == 0, found.stderr
+    hit = json.loads(found.stdout)[0]
+    spoken = next(s for s in timeline if "cup of coffee" in s["text"])
+    assert hit["media_id"] == results["sample_video.mp4"]["partition_key"]
+    assert hit["kind"] == "video" and hit["source_name"] == "sample_video.mp4"
+    assert abs(hit["start_s"] - spoken["start_s"]) < 2.0, (hit, spoken)
+    assert {"end_s", "text", "score"} <= hit.keys()
+
+    status = _run(["narra", "status", "--json"], env)
+    states = {i["source_name"]: i for i in json.loads(status.stdout)}
+    assert states["sample_video.mp4"]["state"] == "searchable"
+    assert all(states["sample_video.mp4"]["assets"].values())
+    assert states["junk.mp4"]["state"] == "failed"
+    assert states["junk.mp4"]["last_run"]["error_class"] == "empty_file"
+
+
+def test_dagster_asset_materialize_one_partition(home, silent_clip):
+    env = subprocess_env(home)
+    upload = store_upload(silent_clip, LocalMediaStore(root=str(home / "media")))
+    (home / "dagster").mkdir(parents=True)
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        instance.add_dynamic_partitions("videos", [upload.partition_key])
+    done = _run([sys.executable, "-m", "dagster", "asset", "materialize", "-m",
+                 "narra_dagster.definitions", "--select", "video_source,video_audio",
+                 "--partition", upload.partition_key], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        for asset in ("video_source", "video_audio"):
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
+                                      asset_partitions=[upload.partition_key]), limit=1).records
+            assert records, asset

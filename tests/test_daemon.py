@@ -1,0 +1,61 @@
+"""A real dagster-daemon: a video dropped into the inbox is materialized end to end."""
+
+import shutil
+import signal
+import subprocess
+import time
+
+import dagster as dg
+import pytest
+
+from narra_dagster.assets.video import video_assets
+
+from .conftest import REPO, subprocess_env
+
+DEADLINE_S = 240
+
+
+@pytest.mark.daemon
+def test_daemon_runs_the_chain_for_a_dropped_file(home, speech_video, tmp_path):
+    env = subprocess_env(home)
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True)
+    shutil.copyfile(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    log = open(tmp_path / "daemon.log", "w")
+    daemon = subprocess.Popen(
+        [shutil.which("dagster-daemon") or "dagster-daemon", "run", "-m", "narra_dagster.definitions"],
+        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        inbox = home / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        path, _ = speech_video
+        # Written under a partial name and renamed, as a careful uploader does.
+        shutil.copyfile(path, inbox / "talk.mp4.part")
+        (inbox / "talk.mp4.part").rename(inbox / "talk.mp4")
+        deadline = time.monotonic() + DEADLINE_S
+        done = moved = False
+        while time.monotonic() < deadline and not (done and moved):
+            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            time.sleep(3)
+            with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+                keys = instance.get_dynamic_partitions("videos")
+                moved = bool(keys) and (inbox / ".processed" / keys[0] / "talk.mp4").exists()
+                done = bool(keys) and all(
+                    instance.fetch_materializations(
+                        dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=keys), limit=1
+                    ).records
+                    for asset in video_assets
+                )
+                failed = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+                assert not failed, [r.run_id for r in failed]
+        assert done, f"not materialized within {DEADLINE_S} s:\n" + (tmp_path / "daemon.log").read_text()[-3000:]
+        assert moved and not (inbox / "talk.mp4").exists()  # the original is kept, not lost
+        assert len(keys) == 1
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        log.close()

@@ -1,0 +1,30 @@
+"""Smoke tests: the definitions load, and `dg check defs` accepts the project."""
+
+import subprocess
+
+import dagster as dg
+
+from narra_dagster.definitions import build_defs
+
+from .conftest import REPO, subprocess_env
+
+
+def test_definitions_load(home):
+    defs = build_defs()
+    dg.Definitions.validate_loadable(defs)
+    job = defs.resolve_job_def("video_pipeline")
+    assert job.partitions_def.name == "videos"
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "video_source", "video_audio", "video_transcript", "video_chunks",
+        "video_chunk_embeddings", "video_index_rows"}
+    assert {c.name for c in graph.asset_check_keys} == {
+        "transcript_confidence", "embeddings_shape_and_norm", "index_rows_match_chunks"}
+    assert str(home) in defs.resources["media_store"].root
+
+
+def test_dg_check_defs(home):
+    done = subprocess.run(["dg", "check", "defs"], cwd=REPO, env=subprocess_env(home),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "All definitions loaded successfully" in done.stdout + done.stderr

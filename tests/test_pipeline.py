@@ -1,0 +1,98 @@
+"""The video chain on a real Dagster instance with real models, media and LanceDB."""
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from narra_dagster.assets import video as video_assets_module
+from narra_dagster.definitions import build_defs
+from narra_dagster.operations import process_files
+
+from .conftest import ingest_and_materialize
+
+
+def _metadata(result, asset):
+    [event] = [e for e in result.get_asset_materialization_events()
+               if e.asset_key == dg.AssetKey(asset)]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def _checks(result):
+    return {e.event_specific_data.check_name: e.event_specific_data.passed
+            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+
+
+def test_speech_video_is_transcribed_indexed_and_found(speech_video, resources, instance, embedder):
+    path, timeline = speech_video
+    key, result = ingest_and_materialize(path, resources, instance)
+    assert result.success
+    assert _checks(result) == {"transcript_confidence": True, "embeddings_shape_and_norm": True,
+                               "index_rows_match_chunks": True}
+    source = _metadata(result, "video_source")
+    assert source["video_codec"] == "h264" and source["audio_codec"] == "aac"
+    assert source["resolution"] == "320x240" and source["source_name"] == "speech.mp4"
+    transcript = _metadata(result, "video_transcript")
+    assert transcript["model"] == "faster-whisper tiny.en int8"
+    assert 0 < transcript["real_time_factor"] < 1.0 and transcript["segments"] >= 4
+    chunks = _metadata(result, "video_chunks")["chunks"]
+    assert _metadata(result, "video_index_rows")["rows"] == chunks == resources["search_index"].count(key)
+
+    spoken = timeline[2]  # "Please remember to water the garden every morning."
+    query = "water the garden"
+    hits = resources["search_index"].search(query, embedder.embed([query])[0], limit=3)
+    assert hits[0].media_id == key and "garden" in hits[0].text
+    assert abs(hits[0].start_s - spoken.start_s) < 2.0, (hits[0], spoken)
+
+
+def test_same_bytes_twice_is_one_partition_with_the_same_rows(speech_video, resources, instance, tmp_path):
+    path, _ = speech_video
+    copy = tmp_path / "another name.mp4"
+    copy.write_bytes(path.read_bytes())
+    key1, first = ingest_and_materialize(path, resources, instance)
+    rows = resources["search_index"].count()
+    key2, second = ingest_and_materialize(copy, resources, instance)
+    assert first.success and second.success and key1 == key2
+    assert instance.get_dynamic_partitions("videos") == [key1]
+    assert resources["search_index"].count() == rows == resources["search_index"].count(key1)
+
+
+def test_silent_clip_succeeds_with_an_empty_transcript(silent_clip, resources, instance):
+    key, result = ingest_and_materialize(silent_clip, resources, instance)
+    assert result.success
+    assert _metadata(result, "video_source")["audio_codec"] == "none"
+    assert _metadata(result, "video_audio")["has_audio"] is False
+    transcript = _metadata(result, "video_transcript")
+    assert transcript["segments"] == 0 and "no audio track" in transcript["note"]
+    assert _metadata(result, "video_index_rows")["rows"] == 0
+    assert all(_checks(result).values())
+    store = resources["media_store"]
+    assert np.load(store.local_path(key, video_assets_module.EMBEDDINGS)).shape == (0, 384)
+
+
+def test_bad_files_fail_alone_classified_and_never_retried(speech_video, home, tmp_path,
+                                                           transcriber, embedder):
+    good, _ = speech_video
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[:40_000])
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "letter.mp4"
+    text.write_text("Dear team, this is not a video.\n" * 20)
+    test_defs = build_defs({"transcriber": transcriber, "embedder": embedder})
+    with dg.instance_for_test() as instance:
+        results = process_files([truncated, empty, good, text], instance, test_defs)
+        by_name = {r.source_name: r for r in results}
+        assert by_name["speech.mp4"].status == "succeeded"
+        expected = {"truncated.mp4": "corrupt_media", "empty.mp4": "empty_file",
+                    "letter.mp4": "not_media"}
+        for name, error_class in expected.items():
+            result = by_name[name]
+            assert result.status == "failed" and result.error_class == error_class, result
+            assert result.error.startswith(f"[{error_class}] video_source:")
+            # classified bad input is not retried: exactly one attempt at the step
+            starts = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_START)
+            assert len(starts) == 1
+        keys = {r.partition_key for r in results}
+        assert len(keys) == 4 and set(instance.get_dynamic_partitions("videos")) == keys
+        index = test_defs.resources["search_index"]
+        assert index.count() == index.count(by_name["speech.mp4"].partition_key) > 0

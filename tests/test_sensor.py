@@ -1,0 +1,127 @@
+"""The upload sensor, evaluated with build_sensor_context on a real (temporary) instance."""
+
+import json
+import os
+import time
+
+import dagster as dg
+import pytest
+
+from narra_dagster import PIPELINE_VERSION
+from narra_dagster.resources import LocalMediaStore
+from narra_dagster.sensors.upload import LocalInbox, upload_sensor
+
+MP4_HEAD = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
+
+
+@pytest.fixture
+def inbox(tmp_path):
+    return LocalInbox(path=str(tmp_path / "inbox"), stable_seconds=0.0, max_per_tick=50)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LocalMediaStore(root=str(tmp_path / "media"))
+
+
+def _tick(instance, inbox, store, cursor=None):
+    """Evaluate one tick and apply what the daemon would commit: partitions and cursor."""
+    context = dg.build_sensor_context(instance=instance, cursor=cursor,
+                                      resources={"inbox": inbox, "media_store": store})
+    result = upload_sensor(context)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def _drop(inbox, name, data: bytes, age_s: float = 10.0):
+    path = os.path.join(inbox.path, name)
+    os.makedirs(inbox.path, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(data)
+    past = time.time() - age_s
+    os.utime(path, (past, past))
+    return path
+
+
+def test_new_files_become_partitions_and_runs_with_idempotent_run_keys(instance, inbox, store, silent_clip):
+    _drop(inbox, "clip.mp4", silent_clip.read_bytes())
+    _drop(inbox, "same bytes, other name.mov", silent_clip.read_bytes())
+    _drop(inbox, "other.mp4", MP4_HEAD + b"other")
+    result = _tick(instance, inbox, store)
+    keys = [r.partition_key for r in result.run_requests]
+    assert len(keys) == 2 == len(set(keys))  # the duplicate bytes are one item
+    assert {r.run_key for r in result.run_requests} == {f"video:{k}:v{PIPELINE_VERSION}" for k in keys}
+    assert all(r.job_name == "video_pipeline" for r in result.run_requests)
+    [add] = result.dynamic_partitions_requests
+    assert add.partitions_def_name == "videos" and sorted(add.partition_keys) == sorted(keys)
+    for key in keys:
+        assert store.exists(key, "source") and store.manifest(key)["kind"] == "video"
+    cursor = json.loads(result.cursor)
+    assert sorted(cursor["registered"]) == sorted(os.listdir(inbox.path))
+
+    # Next tick: the registered files move to processed, nothing is requested again.
+    second = _tick(instance, inbox, store, result.cursor)
+    assert second.run_requests == [] and second.skip_reason is not None
+    assert os.listdir(inbox.path) == [".processed"]
+    processed = sorted(p.name for p in (inbox.processed_dir).rglob("*") if p.is_file())
+    assert processed == sorted(["clip.mp4", "same bytes, other name.mov", "other.mp4"])
+
+    # The same bytes uploaded again later: same partition, no second run.
+    _drop(inbox, "clip again.mp4", silent_clip.read_bytes())
+    third = _tick(instance, inbox, store, second.cursor)
+    assert third.run_requests == []
+    assert "1 already known" in json.loads(third.cursor)["last_tick"]
+
+
+def test_partial_hidden_and_unstable_files_are_left_alone(instance, tmp_path, store):
+    inbox = LocalInbox(path=str(tmp_path / "inbox"), stable_seconds=30.0)
+    for name in ["video.mp4.part", "upload.tmp", ".hidden.mp4", "x.crdownload"]:
+        _drop(inbox, name, MP4_HEAD + name.encode())
+    _drop(inbox, "still-writing.mp4", MP4_HEAD + b"growing", age_s=0.0)
+    _drop(inbox, "done.mp4", MP4_HEAD + b"done", age_s=60.0)
+    result = _tick(instance, inbox, store)
+    assert len(result.run_requests) == 1
+    assert list(json.loads(result.cursor)["registered"]) == ["done.mp4"]
+    assert "1 still being written" in json.loads(result.cursor)["last_tick"]
+    _tick(instance, inbox, store, result.cursor)
+    left = sorted(os.listdir(inbox.path))
+    assert left == sorted([".hidden.mp4", ".processed", "still-writing.mp4", "upload.tmp",
+                           "video.mp4.part", "x.crdownload"])
+
+
+def test_unknown_types_are_rejected_with_a_reason(instance, inbox, store):
+    _drop(inbox, "notes.txt", b"plain text, not media")
+    result = _tick(instance, inbox, store)
+    assert result.run_requests == [] and result.dynamic_partitions_requests == []
+    assert not os.path.exists(os.path.join(inbox.path, "notes.txt"))
+    assert (inbox.rejected_dir / "notes.txt").read_bytes() == b"plain text, not media"
+    reason = (inbox.rejected_dir / "notes.txt.reason.txt").read_text()
+    assert reason.startswith("[unsupported_type]")
+
+
+def test_a_burst_of_200_files_is_capped_per_tick_and_each_taken_once(instance, inbox, store):
+    for i in range(200):
+        _drop(inbox, f"clip-{i:03d}.mp4", MP4_HEAD + str(i).encode(), age_s=100.0 - i * 0.1)
+    cursor, seen, ticks = None, [], 0
+    while True:
+        result = _tick(instance, inbox, store, cursor)
+        ticks += 1
+        if ticks == 1:  # oldest first: the first tick takes the 50 oldest files
+            assert sorted(json.loads(result.cursor)["registered"]) == [
+                f"clip-{i:03d}.mp4" for i in range(50)]
+        assert len(result.run_requests) <= inbox.max_per_tick
+        seen += [r.run_key for r in result.run_requests]
+        cursor = result.cursor
+        if not result.run_requests:
+            break
+    assert ticks == 5  # 4 full ticks of 50, and one that only moves the last files
+    assert len(seen) == len(set(seen)) == 200
+    assert len(instance.get_dynamic_partitions("videos")) == 200
+    assert os.listdir(inbox.path) == [".processed"]
+    assert json.loads(cursor)["registered"] == {}
+
+
+def test_sensor_is_on_by_default_and_targets_the_video_job():
+    assert upload_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert [j.name for j in upload_sensor.jobs] == ["video_pipeline"]
