@@ -1,5 +1,6 @@
 """A real dagster-daemon: a video dropped into the inbox is materialized end to end."""
 
+import json
 import shutil
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import dagster as dg
 import pytest
 
 from narra_dagster.assets.video import video_assets
+from narra_dagster.sample_media import make_talking_video
 
 from .conftest import REPO, subprocess_env
 
@@ -16,7 +18,7 @@ DEADLINE_S = 240
 
 
 @pytest.mark.daemon
-def test_daemon_runs_the_chain_for_a_dropped_file(home, speech_video, tmp_path):
+def test_daemon_runs_dropped_files_and_backfills(home, speech_video, tmp_path):
     env = subprocess_env(home)
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True)
@@ -52,6 +54,26 @@ def test_daemon_runs_the_chain_for_a_dropped_file(home, speech_video, tmp_path):
         assert done, f"not materialized within {DEADLINE_S} s:\n" + (tmp_path / "daemon.log").read_text()[-3000:]
         assert moved and not (inbox / "talk.mp4").exists()  # the original is kept, not lost
         assert len(keys) == 1
+
+        # A partition registered without a run (`narra ingest`) is run by a backfill, which the
+        # daemon's backfill loop carries out, as for a backfill launched in the UI.
+        second = tmp_path / "second.mp4"
+        make_talking_video(second, ["The garden needs water every morning."], ["coffee"])
+        ingested = subprocess.run(["narra", "ingest", str(second), "--json"], env=env, cwd=REPO,
+                                  capture_output=True, text=True, timeout=120, check=True)
+        key = json.loads(ingested.stdout)[0]["partition_key"]
+        subprocess.run(["dagster", "job", "backfill", "-m", "narra_dagster.definitions",
+                        "-j", "video_pipeline", "--partitions", key, "--noprompt"],
+                       env=env, cwd=REPO, capture_output=True, timeout=120, check=True)
+        last = video_assets[-1].key
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+                if instance.fetch_materializations(
+                        dg.AssetRecordsFilter(asset_key=last, asset_partitions=[key]), limit=1).records:
+                    break
+        else:
+            pytest.fail("the backfill did not finish:\n" + (tmp_path / "daemon.log").read_text()[-3000:])
     finally:
         daemon.send_signal(signal.SIGINT)
         try:
