@@ -7,6 +7,7 @@ import pytest
 from narra_dagster.assets import video as video_assets_module
 from narra_dagster.definitions import build_defs
 from narra_dagster.operations import process_files
+from narra_dagster.resources import FasterWhisperTranscriber
 
 from .conftest import ingest_and_materialize
 
@@ -96,3 +97,28 @@ def test_bad_files_fail_alone_classified_and_never_retried(speech_video, home, t
         assert len(keys) == 4 and set(instance.get_dynamic_partitions("videos")) == keys
         index = test_defs.resources["search_index"]
         assert index.count() == index.count(by_name["speech.mp4"].partition_key) > 0
+
+
+class _FlakyTranscriber(FasterWhisperTranscriber):
+    """The real transcriber, made to fail its first call as a crashed runtime would (the one
+    failure here that cannot be produced for real on demand)."""
+
+
+    def transcribe(self, audio):
+        type(self)._failures = getattr(type(self), "_failures", 0) + 1
+        if type(self)._failures == 1:
+            raise RuntimeError("CTranslate2 worker crashed")
+        return super().transcribe(audio)
+
+
+def test_transient_errors_are_retried_with_backoff(speech_video, resources, instance):
+    path, _ = speech_video
+    resources = dict(resources, transcriber=_FlakyTranscriber())
+    key, result = ingest_and_materialize(path, resources, instance)
+    assert result.success
+    events = instance.all_logs(result.run_id)
+    kinds = [e.dagster_event.event_type for e in events
+             if e.dagster_event and e.step_key == "video_transcript"]
+    assert dg.DagsterEventType.STEP_UP_FOR_RETRY in kinds
+    assert kinds.count(dg.DagsterEventType.STEP_START) + kinds.count(dg.DagsterEventType.STEP_RESTARTED) == 2
+    assert _metadata(result, "video_transcript")["segments"] >= 4

@@ -67,6 +67,16 @@ def test_new_files_become_partitions_and_runs_with_idempotent_run_keys(instance,
     processed = sorted(p.name for p in (inbox.processed_dir).rglob("*") if p.is_file())
     assert processed == sorted(["clip.mp4", "same bytes, other name.mov", "other.mp4"])
 
+    # A file replaced under the same name between two ticks is not filed under the old key.
+    _drop(inbox, "report.mp4", MP4_HEAD + b"first version")
+    replaced = _tick(instance, inbox, store, second.cursor)
+    _drop(inbox, "report.mp4", MP4_HEAD + b"second version, longer", age_s=5.0)
+    after = _tick(instance, inbox, store, replaced.cursor)
+    assert len(after.run_requests) == 1
+    assert after.run_requests[0].partition_key != replaced.run_requests[0].partition_key
+    assert not (inbox.processed_dir / replaced.run_requests[0].partition_key).exists()
+    second = _tick(instance, inbox, store, after.cursor)
+
     # The same bytes uploaded again later: same partition, no second run.
     _drop(inbox, "clip again.mp4", silent_clip.read_bytes())
     third = _tick(instance, inbox, store, second.cursor)
@@ -125,3 +135,20 @@ def test_a_burst_of_200_files_is_capped_per_tick_and_each_taken_once(instance, i
 def test_sensor_is_on_by_default_and_targets_the_video_job():
     assert upload_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert [j.name for j in upload_sensor.jobs] == ["video_pipeline"]
+
+
+def test_hostile_file_names_are_metadata_only(instance, inbox, store, tmp_path):
+    names = ["evil\n..\\..\\$(rm -rf ~).mp4", "; DROP TABLE chunks; --.mp4", "ünï cødé ✓.mp4", "-rf.mp4"]
+    for i, name in enumerate(names):
+        _drop(inbox, name, MP4_HEAD + bytes([i]))
+    result = _tick(instance, inbox, store)
+    assert len(result.run_requests) == 4
+    _tick(instance, inbox, store, result.cursor)
+    # Sources are stored under their keys only; originals are kept, byte for byte, by key.
+    for request in result.run_requests:
+        key = request.partition_key
+        assert sorted(p.name for p in (tmp_path / "media" / key).iterdir()) == ["manifest.json", "source"]
+        assert store.manifest(key)["source_name"] in names
+        [kept] = list((inbox.processed_dir / key).iterdir())
+        assert kept.name in names and kept.read_bytes() == store.read_bytes(key, "source")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inbox", "media"]

@@ -2,8 +2,8 @@
 
 One tick:
 
-1. Files registered by the previous tick (listed in the cursor) are moved from the inbox to
-   ``inbox/.processed/<partition key>/``. They are moved only now, after Dagster has committed
+1. Files registered by the previous tick (listed in the cursor with their partition key, size
+   and modification time) are moved from the inbox to ``inbox/.processed/<partition key>/``. They are moved only now, after Dagster has committed
    that tick's partitions, run requests and cursor together, so a daemon crash mid-tick can never
    leave a file moved but unregistered: nothing a user dropped is lost.
 2. Stable files (unchanged for ``stable_seconds``; not hidden, not ``.part``/``.tmp``) are taken,
@@ -71,10 +71,16 @@ class LocalInbox(dg.ConfigurableResource):
         stable.sort(key=lambda e: (e.stat().st_mtime, e.name))
         return stable, unstable
 
-    def move_processed(self, name: str, key: str) -> Path | None:
-        """Move ``inbox/<name>`` to ``.processed/<key>/<name>``; None when it is already gone."""
+    def move_processed(self, name: str, key: str, size: int, mtime_ns: int) -> Path | None:
+        """Move ``inbox/<name>`` to ``.processed/<key>/<name>`` if it is still the file that was
+        registered (same size in bytes and modification time in ns). Returns None, and moves
+        nothing, when it is gone or was replaced since: a replaced file is then a new upload."""
         source = Path(self.path) / name
-        if not source.exists():
+        try:
+            stat = source.stat()
+        except FileNotFoundError:
+            return None
+        if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
             return None
         target = self.processed_dir / key / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -108,16 +114,17 @@ def upload_sensor(
 ) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {}
     moved = 0
-    for name, key in cursor.get("registered", {}).items():
-        if inbox.move_processed(name, key) is not None:
+    for name, (key, size, mtime_ns) in cursor.get("registered", {}).items():
+        if inbox.move_processed(name, key, size, mtime_ns) is not None:
             moved += 1
 
     stable, unstable = inbox.candidates(time.time())
-    registered: dict[str, str] = {}
+    registered: dict[str, tuple[str, int, int]] = {}
     new_keys: dict[str, list[str]] = {}
     run_requests: list[dg.RunRequest] = []
     rejected = already = 0
     for entry in stable[: inbox.max_per_tick]:
+        stat = entry.stat()
         try:
             upload = store_upload(Path(entry.path), media_store, ingested_by="upload_sensor")
         except BadInputError as exc:
@@ -128,7 +135,7 @@ def upload_sensor(
         except OSError as exc:  # vanished or unreadable mid-tick: try again next tick
             context.log.warning(f"could not read {_printable(entry.name)} yet: {exc}")
             continue
-        registered[entry.name] = upload.partition_key
+        registered[entry.name] = (upload.partition_key, stat.st_size, stat.st_mtime_ns)
         partitions = PARTITIONS_BY_KIND[upload.kind]
         keys = new_keys.setdefault(upload.kind, [])
         if upload.partition_key in keys or context.instance.has_dynamic_partition(
