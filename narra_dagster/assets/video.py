@@ -45,6 +45,12 @@ TRANSIENT_RETRY = dg.RetryPolicy(
 )
 
 
+def _video_asset(**kwargs):
+    """``dg.asset`` with what every stage of the video chain shares: the ``videos`` partitions,
+    the ``video`` group and a code version (bump it when a stage's output would change)."""
+    return dg.asset(partitions_def=videos, group_name=GROUP, code_version="1", **kwargs)
+
+
 def _fmt_time(seconds: float) -> str:
     return f"{int(seconds // 60)}:{seconds % 60:05.2f}"
 
@@ -67,11 +73,8 @@ def _source_name(media_store: MediaStore, key: str) -> str | None:
         return None
 
 
-@dg.asset(
-    partitions_def=videos,
-    group_name=GROUP,
+@_video_asset(
     kinds={"pyav"},
-    code_version="1",
 )
 def video_source(context: dg.AssetExecutionContext, media_store: MediaStore) -> dg.MaterializeResult:
     """The uploaded video, validated and probed with PyAV: container, codecs, duration (s),
@@ -107,12 +110,9 @@ def video_source(context: dg.AssetExecutionContext, media_store: MediaStore) -> 
     )
 
 
-@dg.asset(
-    partitions_def=videos,
-    group_name=GROUP,
+@_video_asset(
     kinds={"pyav"},
     deps=[video_source],
-    code_version="1",
 )
 def video_audio(context: dg.AssetExecutionContext, media_store: MediaStore) -> dg.MaterializeResult:
     """The video's first audio track as 16 kHz mono 16-bit WAV, the input Whisper expects. A video
@@ -134,12 +134,9 @@ def video_audio(context: dg.AssetExecutionContext, media_store: MediaStore) -> d
     )
 
 
-@dg.asset(
-    partitions_def=videos,
-    group_name=GROUP,
+@_video_asset(
     kinds={"whisper"},
     deps=[video_audio],
-    code_version="1",
     retry_policy=TRANSIENT_RETRY,
     check_specs=[dg.AssetCheckSpec(CHECK_TRANSCRIPT_CONFIDENCE, asset="video_transcript",
                                    description="Mean word confidence is at least 0.5 (warns).")],
@@ -194,12 +191,9 @@ def video_transcript(
     )
 
 
-@dg.asset(
-    partitions_def=videos,
-    group_name=GROUP,
+@_video_asset(
     kinds={"python"},
     deps=[video_transcript],
-    code_version="1",
 )
 def video_chunks(context: dg.AssetExecutionContext, media_store: MediaStore) -> dg.MaterializeResult:
     """The transcript cut into timestamped search chunks on segment boundaries (at most 15 s or
@@ -224,12 +218,9 @@ def _load_chunks(media_store: MediaStore, key: str) -> list[Chunk]:
     return [Chunk.model_validate(c) for c in media_store.read_json(key, CHUNKS)]
 
 
-@dg.asset(
-    partitions_def=videos,
-    group_name=GROUP,
+@_video_asset(
     kinds={"onnx"},
     deps=[video_chunks],
-    code_version="1",
     retry_policy=TRANSIENT_RETRY,
     check_specs=[dg.AssetCheckSpec(CHECK_EMBEDDINGS_VALID, asset="video_chunk_embeddings",
                                    description="float32 [chunks, 384], finite, unit L2 norm.")],
@@ -272,12 +263,9 @@ def video_chunk_embeddings(
     )
 
 
-@dg.asset(
-    partitions_def=videos,
-    group_name=GROUP,
+@_video_asset(
     kinds={"lancedb"},
     deps=[video_chunk_embeddings],
-    code_version="1",
     retry_policy=TRANSIENT_RETRY,
     check_specs=[dg.AssetCheckSpec(CHECK_INDEX_ROWS, asset="video_index_rows",
                                    description="The index holds exactly one row per chunk.")],
