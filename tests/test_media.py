@@ -1,6 +1,5 @@
 """Pure helpers: partition keys, type sniffing, the media store's safety, chunking."""
 
-from pathlib import Path
 
 import pytest
 

@@ -2,7 +2,6 @@
 
 import dagster as dg
 import numpy as np
-import pytest
 
 from narra_dagster.assets import video as video_assets_module
 from narra_dagster.definitions import build_defs
