@@ -27,10 +27,6 @@ class NarraError(Exception):
         if code:
             self.code = code
 
-    @property
-    def message(self) -> str:
-        return str(self)
-
 
 class BadInputError(NarraError):
     """The uploaded file cannot be processed; retrying will not help.

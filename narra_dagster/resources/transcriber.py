@@ -44,6 +44,15 @@ def _confidence(avg_logprob: float, word_probabilities: list[float]) -> float:
     return float(min(1.0, max(0.0, math.exp(avg_logprob))))
 
 
+def _segment(start, end, text, avg_logprob, no_speech_prob, words) -> Segment:
+    """A :class:`Segment` from either backend's values; ``words`` are (start, end, word, p)."""
+    words = [Word(start_s=float(a), end_s=float(b), word=w.strip(), probability=float(min(1.0, max(0.0, p))))
+             for a, b, w, p in words]
+    return Segment(start_s=float(start), end_s=float(end), text=text.strip(),
+                   confidence=_confidence(avg_logprob, [w.probability for w in words]),
+                   avg_logprob=float(avg_logprob), no_speech_prob=float(no_speech_prob), words=words)
+
+
 class Transcriber(dg.ConfigurableResource, ABC):
     """Interface of a speech-to-text backend."""
 
@@ -125,19 +134,8 @@ class FasterWhisperTranscriber(Transcriber):
             audio_duration_s=duration,
             model=self.model_name,
             segments=[
-                Segment(
-                    start_s=float(s.start),
-                    end_s=float(s.end),
-                    text=s.text.strip(),
-                    confidence=_confidence(s.avg_logprob, [w.probability for w in (s.words or [])]),
-                    avg_logprob=float(s.avg_logprob),
-                    no_speech_prob=float(s.no_speech_prob),
-                    words=[
-                        Word(start_s=float(w.start), end_s=float(w.end), word=w.word.strip(),
-                             probability=float(min(1.0, max(0.0, w.probability))))
-                        for w in (s.words or [])
-                    ],
-                )
+                _segment(s.start, s.end, s.text, s.avg_logprob, s.no_speech_prob,
+                         [(w.start, w.end, w.word, w.probability) for w in (s.words or [])])
                 for s in segments
                 if s.text.strip()
             ],
@@ -208,19 +206,9 @@ class OpenAIWhisperTranscriber(Transcriber):
             audio_duration_s=duration,
             model=self.model_name,
             segments=[
-                Segment(
-                    start_s=float(s["start"]),
-                    end_s=float(s["end"]),
-                    text=s["text"].strip(),
-                    confidence=_confidence(s["avg_logprob"], [w["probability"] for w in s.get("words", [])]),
-                    avg_logprob=float(s["avg_logprob"]),
-                    no_speech_prob=float(s["no_speech_prob"]),
-                    words=[
-                        Word(start_s=float(w["start"]), end_s=float(w["end"]), word=w["word"].strip(),
-                             probability=float(min(1.0, max(0.0, w["probability"]))))
-                        for w in s.get("words", [])
-                    ],
-                )
+                _segment(s["start"], s["end"], s["text"], s["avg_logprob"], s["no_speech_prob"],
+                         [(w["start"], w["end"], w["word"], w["probability"])
+                          for w in s.get("words", [])])
                 for s in result["segments"]
                 if s["text"].strip()
             ],
