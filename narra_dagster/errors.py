@@ -32,7 +32,9 @@ class BadInputError(NarraError):
     """The uploaded file cannot be processed; retrying will not help.
 
     Codes used: ``empty_file``, ``not_media``, ``corrupt_media``, ``no_streams``,
-    ``too_large``, ``unsupported_type``.
+    ``too_large``, ``unsupported_type``, ``missing_source``, ``type_mismatch`` (the name claims
+    another kind than the bytes); images: ``not_image``, ``corrupt_image``,
+    ``unsupported_format``, ``decompression_bomb``; PDFs: see ``narra_dagster.pdf``.
     """
 
     code = "bad_input"

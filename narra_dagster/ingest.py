@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from narra_dagster.errors import BadInputError
-from narra_dagster.media import MediaKind, file_sha256, kind_for_file, KEY_LENGTH
+from narra_dagster.media import KEY_LENGTH, MediaKind, file_sha256, kind_for_extension, kind_for_file
 from narra_dagster.resources.media_store import MANIFEST, SOURCE, MediaStore
 
 # Kinds whose asset chain exists in this version; other kinds are rejected with a reason.
-SUPPORTED_KINDS: tuple[MediaKind, ...] = ("video",)
+SUPPORTED_KINDS: tuple[MediaKind, ...] = ("video", "image", "document")
 MAX_UPLOAD_BYTES = 20 * 1024**3  # 20 GiB: far beyond any clip, short of filling a disk by mistake
 
 
@@ -70,8 +70,33 @@ def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None
         size = path.stat().st_size
     if not media_store.exists(key, MANIFEST):
         media_store.write_json(key, MANIFEST, {
-            "partition_key": key, "kind": kind, "source_name": name, "size_bytes": size,
+            "partition_key": key, "kind": kind, "declared_kind": kind_for_extension(name),
+            "source_name": name, "size_bytes": size,
             "sha256": digest, "ingested_by": ingested_by,
             "ingested_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })
     return Upload(partition_key=key, kind=kind, source_name=name, size_bytes=size, sha256=digest)
+
+
+_KIND_WORDS = {"video": "a video or audio file", "image": "an image", "document": "a PDF"}
+
+
+def check_declared_kind(manifest: dict) -> None:
+    """Fail an item whose file name claims another kind than its bytes (``photo.pdf`` holding a
+    PNG). Such a file is routed by its bytes, then stopped here: a misleading extension is
+    usually a mistake or a disguise, and processing it as something else than its uploader
+    believes would index the wrong thing under their name.
+
+    Args:
+        manifest: the item's manifest (``kind`` from the bytes, ``declared_kind`` from the name;
+            manifests written before ``declared_kind`` existed pass).
+
+    Raises:
+        BadInputError: ``type_mismatch`` when both kinds are known and differ.
+    """
+    kind, declared = manifest.get("kind"), manifest.get("declared_kind")
+    if declared and kind and declared != kind:
+        raise BadInputError(
+            f"the file is named {manifest.get('source_name')!r}, which says {_KIND_WORDS[declared]}, "
+            f"but its bytes are {_KIND_WORDS[kind]}; rename it with the right extension to "
+            f"process it", code="type_mismatch")

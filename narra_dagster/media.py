@@ -89,6 +89,11 @@ def sniff_kind(head: bytes) -> MediaKind | None:
     return None
 
 
+def kind_for_extension(name: str) -> MediaKind | None:
+    """The kind a file name's extension claims (``"clip.MP4"`` -> ``"video"``), or ``None``."""
+    return _EXTENSION_KINDS.get(Path(name).suffix.lower())
+
+
 def kind_for_file(path: Path) -> MediaKind | None:
     """Return the media kind of a file: from its bytes, else from its extension, else ``None``.
 

@@ -16,7 +16,9 @@ from narra_dagster.resources import (
     FasterWhisperTranscriber,
     LanceSearchIndex,
     LocalMediaStore,
+    OnnxImageClassifier,
     OnnxTextEmbedder,
+    RapidOcrEngine,
 )
 from narra_dagster.sample_media import make_talking_video
 from narra_dagster.sensors.upload import LocalInbox
@@ -73,6 +75,24 @@ def embedder() -> OnnxTextEmbedder:
     return model
 
 
+@pytest.fixture(scope="session")
+def ocr() -> RapidOcrEngine:
+    engine = RapidOcrEngine()
+    engine._load()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def image_classifier(tmp_path_factory) -> OnnxImageClassifier:
+    """EfficientNet-Lite0 exported once per session from the shipped weights, loaded once."""
+    from narra_dagster.resources.recognizer import MODEL_FILE, ensure_default_model
+
+    path, _ = ensure_default_model(tmp_path_factory.mktemp("models") / MODEL_FILE)
+    model = OnnxImageClassifier(model_path=str(path))
+    model._ensure_loaded()
+    return model
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """A fresh NARRA_HOME (and DAGSTER_HOME inside it) for the test."""
@@ -111,6 +131,19 @@ def ingest_and_materialize(path: Path, resources: dict, instance: dg.DagsterInst
         raise_on_error=False,
     )
     return upload.partition_key, result
+
+
+def materialization_metadata(result, asset: str) -> dict:
+    """The metadata values of ``asset``'s one materialization in an execution result."""
+    [event] = [e for e in result.get_asset_materialization_events()
+               if e.asset_key == dg.AssetKey(asset)]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def check_outcomes(result) -> dict[str, bool]:
+    """Check name -> passed, for the asset checks evaluated in an execution result."""
+    return {e.event_specific_data.check_name: e.event_specific_data.passed
+            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
 
 
 def subprocess_env(home: Path) -> dict[str, str]:

@@ -1,5 +1,7 @@
 """Pure helpers: partition keys, type sniffing, the media store's safety, chunking."""
 
+import os
+import time
 
 import pytest
 
@@ -80,6 +82,26 @@ def test_atomic_writer_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in (tmp_path / key).iterdir()] == ["chunks.json"]
 
 
+def test_a_writer_killed_mid_write_leaves_a_temp_file_that_the_next_write_removes(tmp_path):
+    store = LocalMediaStore(root=str(tmp_path))
+    key = "0123456789abcdef"
+    folder = tmp_path / key
+    folder.mkdir()
+    # What a SIGKILLed writer leaves: its temp file, its cleanup never run. A fresh one may be a
+    # live concurrent write, so only old ones go.
+    orphan = folder / ".audio.wav.k1ll3d.tmp"
+    orphan.write_bytes(b"half")
+    os.utime(orphan, (time.time() - 2 * 3600,) * 2)
+    fresh = folder / ".audio.wav.l1ve.tmp"
+    fresh.write_bytes(b"in progress")
+    other = folder / ".chunks.json.x.tmp"
+    other.write_bytes(b"another artifact's")
+    os.utime(other, (time.time() - 2 * 3600,) * 2)
+    store.write_bytes(key, "audio.wav", b"RIFF")
+    assert sorted(p.name for p in folder.iterdir()) == [".audio.wav.l1ve.tmp", ".chunks.json.x.tmp",
+                                                         "audio.wav"]
+
+
 def _segment(start, end, text):
     words = text.split()
     step = (end - start) / len(words)
@@ -99,3 +121,14 @@ def test_chunks_follow_segment_boundaries_and_limits():
     long = _segment(0.0, 29.0, " ".join(["word"] * 80))
     assert len(chunk_segments([long])) == 1
     assert chunk_segments([]) == []
+
+
+def test_a_name_that_claims_another_kind_is_a_type_mismatch():
+    from narra_dagster.ingest import check_declared_kind
+
+    check_declared_kind({"kind": "image", "declared_kind": "image", "source_name": "a.png"})
+    check_declared_kind({"kind": "video", "declared_kind": None, "source_name": "clip"})
+    check_declared_kind({"kind": "video"})  # manifests from before declared_kind
+    with pytest.raises(BadInputError) as info:
+        check_declared_kind({"kind": "image", "declared_kind": "document", "source_name": "x.pdf"})
+    assert info.value.code == "type_mismatch" and "x.pdf" in str(info.value)

@@ -7,11 +7,13 @@ from narra_dagster.resources import LanceSearchIndex
 from narra_dagster.resources.search_index import IndexRow, locate_phrase
 
 A, B = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
+ORIGIN = "video_index_rows"
 
 
-def _rows(media_id, texts, embedder, kind="video"):
+def _rows(media_id, texts, embedder, kind="video", origin="video_index_rows"):
     vectors = embedder.embed(texts)
-    return [IndexRow(media_id=media_id, kind=kind, source_name=f"{media_id}.mp4", chunk_index=i,
+    return [IndexRow(media_id=media_id, kind=kind, origin=origin, source_name=f"{media_id}.mp4",
+                     chunk_index=i,
                      start_s=10.0 * i, end_s=10.0 * i + 9, text=t,
                      words=[(w, 10.0 * i + k, 10.0 * i + k + 0.5) for k, w in enumerate(t.split())],
                      vector=v.tolist())
@@ -22,15 +24,15 @@ def test_upsert_replaces_a_partition_and_leaves_others(tmp_path, embedder):
     index = LanceSearchIndex(uri=str(tmp_path / "index"))
     a = _rows(A, ["the red fox runs", "the blue whale sings", "a green frog jumps"], embedder)
     b = _rows(B, ["coffee in the morning"], embedder)
-    assert index.upsert_partition(A, "video", a) == 3
-    assert index.upsert_partition(B, "video", b) == 1
-    assert index.upsert_partition(A, "video", a) == 3  # idempotent: no duplicates
-    assert index.upsert_partition(A, "video", a[:2]) == 2  # stale third row removed
+    assert index.upsert_partition(A, "video", a, origin=ORIGIN) == 3
+    assert index.upsert_partition(B, "video", b, origin=ORIGIN) == 1
+    assert index.upsert_partition(A, "video", a, origin=ORIGIN) == 3  # idempotent: no duplicates
+    assert index.upsert_partition(A, "video", a[:2], origin=ORIGIN) == 2  # stale third row removed
     assert index.count() == 3 and index.count(B) == 1
-    assert index.upsert_partition(A, "video", []) == 0
+    assert index.upsert_partition(A, "video", [], origin=ORIGIN) == 0
     assert index.count() == 1
     with pytest.raises(ValueError):
-        index.upsert_partition(A, "video", b)
+        index.upsert_partition(A, "video", b, origin=ORIGIN)
     with pytest.raises(ValueError):
         index.count("x' OR '1'='1")
 
@@ -38,8 +40,10 @@ def test_upsert_replaces_a_partition_and_leaves_others(tmp_path, embedder):
 def test_hybrid_search_ranks_the_right_chunk_and_filters_kind(tmp_path, embedder):
     index = LanceSearchIndex(uri=str(tmp_path / "index"))
     index.upsert_partition(A, "video", _rows(A, ["an astronaut floats above the planet",
-                                                 "a rocket launches with a trail of fire"], embedder))
-    index.upsert_partition(B, "document", _rows(B, ["a rocket engine manual"], embedder, "document"))
+                                                 "a rocket launches with a trail of fire"], embedder),
+                           origin=ORIGIN)
+    index.upsert_partition(B, "document", _rows(B, ["a rocket engine manual"], embedder, "document",
+                                                "document_index_rows"), origin="document_index_rows")
     query = "rocket launch"
     hits = index.search(query, embedder.embed([query])[0], limit=5)
     assert hits[0].media_id in (A, B) and "rocket" in hits[0].text
@@ -49,6 +53,41 @@ def test_hybrid_search_ranks_the_right_chunk_and_filters_kind(tmp_path, embedder
     assert video_hits[0].start_s == 11.0  # "rocket" is the second word of the chunk at 10 s
     with pytest.raises(ValueError):
         index.search(query, np.zeros(384, np.float32), kind="spreadsheet")
+
+
+def test_each_origin_of_an_item_owns_its_rows(tmp_path, embedder):
+    index = LanceSearchIndex(uri=str(tmp_path / "index"))
+    index.upsert_partition(A, "video", _rows(A, ["spoken words", "more words"], embedder), origin=ORIGIN)
+    frames = _rows(A, ["text on screen"], embedder, origin="video_frame_index_rows")
+    frames[0].box = (1.0, 2.0, 30.0, 12.0)
+    assert index.upsert_partition(A, "video", frames, origin="video_frame_index_rows") == 1
+    assert index.count(A) == 3
+    assert index.upsert_partition(A, "video", [], origin=ORIGIN) == 0  # frame rows stay
+    assert index.count(A) == 1
+    hit = index.search("text on screen", embedder.embed(["text on screen"])[0])[0]
+    assert (hit.origin, hit.box) == ("video_frame_index_rows", [1.0, 2.0, 30.0, 12.0])
+    with pytest.raises(ValueError):
+        index.upsert_partition(A, "video", frames, origin=ORIGIN)  # rows of another origin
+    with pytest.raises(ValueError):
+        index.upsert_partition(A, "video", [], origin="x' OR '1'='1")
+
+
+def test_a_table_from_before_origins_is_migrated(tmp_path, embedder):
+    import lancedb
+    import pyarrow as pa
+
+    from narra_dagster.resources.search_index import SCHEMA, TABLE
+
+    old_schema = pa.schema([f for f in SCHEMA if f.name not in ("box", "origin")])
+    old = lancedb.connect(str(tmp_path / "index")).create_table(TABLE, schema=old_schema)
+    row = _rows(A, ["an old transcript chunk"], embedder)[0]
+    old.add([{**row.model_dump(exclude={"words", "box", "origin"}), "id": f"{A}:00000", "words": "[]"}])
+    index = LanceSearchIndex(uri=str(tmp_path / "index"))
+    hit = index.search("old transcript", embedder.embed(["old transcript"])[0])[0]
+    assert hit.origin == ORIGIN and hit.box is None
+    # Re-materializing the video replaces the old-id row instead of adding a second one.
+    assert index.upsert_partition(A, "video", [row], origin=ORIGIN) == 1
+    assert index.count() == 1
 
 
 def test_locate_phrase_ignores_stop_words_and_matches_word_forms():
