@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import signal
 import subprocess
 import time
 
@@ -13,6 +12,7 @@ from narra_dagster.assets.video import video_assets
 from narra_dagster.sample_media import make_talking_video
 
 from .conftest import REPO, subprocess_env
+from .services import daemon
 
 DEADLINE_S = 240
 
@@ -23,12 +23,7 @@ def test_daemon_runs_dropped_files_and_backfills(home, speech_video, tmp_path):
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True)
     shutil.copyfile(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
-    log = open(tmp_path / "daemon.log", "w")
-    daemon = subprocess.Popen(
-        [shutil.which("dagster-daemon") or "dagster-daemon", "run", "-m", "narra_dagster.definitions"],
-        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
+    with daemon(env, tmp_path / "daemon.log") as proc:
         inbox = home / "inbox"
         inbox.mkdir(parents=True, exist_ok=True)
         path, _ = speech_video
@@ -38,7 +33,7 @@ def test_daemon_runs_dropped_files_and_backfills(home, speech_video, tmp_path):
         deadline = time.monotonic() + DEADLINE_S
         done = moved = False
         while time.monotonic() < deadline and not (done and moved):
-            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            assert proc.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
             time.sleep(3)
             with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
                 keys = instance.get_dynamic_partitions("videos")
@@ -74,10 +69,3 @@ def test_daemon_runs_dropped_files_and_backfills(home, speech_video, tmp_path):
                     break
         else:
             pytest.fail("the backfill did not finish:\n" + (tmp_path / "daemon.log").read_text()[-3000:])
-    finally:
-        daemon.send_signal(signal.SIGINT)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-        log.close()

@@ -1,0 +1,160 @@
+"""Killing the process that is transcribing (SIGKILL) ends, after a run retry, in a materialized
+partition with exactly the rows it should have: no duplicate, no orphaned temporary file.
+
+A real ``dagster-daemon`` on the production instance (PostgreSQL) with short monitoring
+intervals: the sensor starts the run; when its ``video_transcript`` step has started, the test
+kills the run worker (the pid Dagster records on the step's events) with SIGKILL. The code
+server notices the dead worker and fails the run; run retries start a new run from the failure
+(``video_transcript`` onwards); ``free_slots_after_run_end_seconds`` frees the transcription
+slot the dead run still held, so the retry is not blocked by it.
+"""
+
+import json
+import os
+import shutil
+import signal
+
+import dagster as dg
+import lancedb
+import pytest
+
+from narra_dagster import pools
+from narra_dagster.assets.video import video_assets
+from narra_dagster.definitions import build_defs
+from narra_dagster.events import JsonlEventSink
+from narra_dagster.jobs import chain_for_kind
+from narra_dagster.production import apply_pool_limits
+from narra_dagster.sample_media import make_talking_video
+
+from .conftest import SPEECH_PHOTOS, SPEECH_SENTENCES, subprocess_env
+from .services import daemon, pg_database, pg_env, production_dagster_home, wait_for
+
+DEADLINE_S = 420
+
+
+def _events(instance, run_id, event_type, step_key):
+    return [e for e in instance.all_logs(run_id, of_type=event_type) if e.step_key == step_key]
+
+
+@pytest.mark.daemon
+def test_sigkill_during_transcription_recovers_cleanly(home, tmp_path, monkeypatch):
+    # About a minute of speech, so that transcription lasts long enough to be interrupted.
+    video = tmp_path / "long_talk.mp4"
+    make_talking_video(video, SPEECH_SENTENCES * 3, SPEECH_PHOTOS * 3)
+    with pg_database() as db:
+        for k, v in pg_env(db).items():
+            monkeypatch.setenv(k, v)
+        dagster_home = production_dagster_home(
+            home / "dagster",
+            run_monitoring={"poll_interval_seconds": 5, "free_slots_after_run_end_seconds": 5},
+            run_retries={"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False},
+        )
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            apply_pool_limits(instance, {pools.TRANSCRIPTION: 1, pools.SEARCH_INDEX: 1})
+        inbox = home / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        log = tmp_path / "daemon.log"
+        with daemon(subprocess_env(home), log) as proc, \
+                dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            shutil.copyfile(video, inbox / "long_talk.mp4.part")
+            (inbox / "long_talk.mp4.part").rename(inbox / "long_talk.mp4")
+
+            def transcribing():
+                assert proc.poll() is None, log.read_text()[-3000:]
+                for run in instance.get_runs(dg.RunsFilter(job_name="video_pipeline")):
+                    started = _events(instance, run.run_id, dg.DagsterEventType.STEP_START,
+                                      "video_transcript")
+                    if started:
+                        return run, started[0].dagster_event.pid
+
+            first, pid = wait_for(transcribing, DEADLINE_S, "the transcription step to start",
+                                  interval_s=0.1, on_timeout=lambda: log.read_text()[-3000:])
+            os.kill(pid, signal.SIGKILL)
+
+            def retried_and_done():
+                assert proc.poll() is None, log.read_text()[-3000:]
+                runs = instance.get_runs(dg.RunsFilter(job_name="video_pipeline"))
+                done = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
+                return done and (runs, done[0])
+
+            runs, final = wait_for(retried_and_done, DEADLINE_S, "a successful retry", interval_s=2,
+                                   on_timeout=lambda: log.read_text()[-4000:])
+            first = instance.get_run_by_id(first.run_id)
+            # The killed run: failed, with the transcription step started and never finished.
+            assert first.status == dg.DagsterRunStatus.FAILURE
+            assert not _events(instance, first.run_id, dg.DagsterEventType.STEP_SUCCESS,
+                               "video_transcript")
+            assert not _events(instance, first.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION,
+                               "video_transcript")
+            # The retry: a new run of the same partition, started from the failure.
+            assert final.run_id != first.run_id
+            assert final.tags["dagster/partition"] == first.tags["dagster/partition"]
+            assert final.tags.get("dagster/root_run_id") == first.run_id
+            assert len(runs) <= 3
+            key = first.tags["dagster/partition"]
+            for asset in video_assets:
+                assert instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[key]), limit=1).records
+
+            # The domain events the daemon's sensor published: the crashed attempt is not final
+            # (run retries will retry it), so no analysis.failed; the retry completes the item.
+            sink = JsonlEventSink(path=str(home / "events" / "events.jsonl"))
+
+            def completed():
+                return [e["type"] for e in sink.read() if e["media_id"] == key
+                        and e["type"] == "analysis.completed"]
+
+            wait_for(completed, 60, "analysis.completed to be published")
+            types = [e["type"] for e in sink.read() if e["media_id"] == key]
+            stages = [a.key.to_user_string() for a in video_assets]
+            # The transcript chain: source and audio before the crash, the rest after the
+            # retry; every stage of the video group (frames, enrichment too) completed once.
+            chain = [k.to_user_string() for k in chain_for_kind(build_defs(), "video")]
+            core = [t for t in types if t.removesuffix(".completed") in stages or
+                    t.startswith("analysis.")]
+            assert core == (["analysis.started"] + [f"{s}.completed" for s in stages[:2]]
+                            + ["analysis.retrying"] + [f"{s}.completed" for s in stages[2:]]
+                            + ["analysis.completed"]), types
+            done = [t for t in types if t.endswith(".completed") and not t.startswith("analysis.")]
+            assert sorted(done) == sorted(f"{s}.completed" for s in chain), types
+
+        # Exactly the rows it should have: one per chunk, no duplicate id, and no temp file.
+        media = home / "media" / key
+        chunks = (media / "chunks.json").read_text()
+        n_chunks = len(json.loads(chunks))
+        ids = lancedb.connect(str(home / "index")).open_table("chunks").to_arrow()["id"].to_pylist()
+        transcript_ids = [i for i in ids if ":video_index_rows:" in i]
+        assert len(ids) == len(set(ids)) and len(transcript_ids) == n_chunks > 0
+        assert sorted(p.name for p in media.iterdir() if p.name.endswith(".tmp")) == []
+        frames = [p.name for p in media.iterdir() if p.name.endswith(".webp")]
+        assert frames and all(n.startswith(("frame_", "thumb_")) for n in frames)
+        assert sorted(p.name for p in media.iterdir() if not p.name.endswith(".webp")) == sorted(
+            ["source", "manifest.json", "probe.json", "audio.wav", "transcript.json", "chunks.json",
+             "embeddings.npy", "keyframes.json", "frame_text.json", "frame_labels.json",
+             "enrichment.json", "enrichment.md"])
+
+
+def test_an_interrupted_write_leaves_the_old_artifact_and_rows(home, resources, speech_video, instance):
+    from narra_dagster.ingest import store_upload
+    from narra_dagster.resources import LanceSearchIndex
+
+    from .conftest import ingest_and_materialize
+
+    key, result = ingest_and_materialize(speech_video[0], resources, instance)
+    assert result.success
+    index: LanceSearchIndex = resources["search_index"]
+    rows_before = index.count(key)
+    media = home / "media" / key
+    before = {p.name: p.stat().st_mtime_ns for p in media.iterdir()}
+
+    # The embedding step fails in the middle of writing its artifact (a disk full, say): the
+    # writer removes its temporary file, the old artifact stays, the index keeps its rows.
+    store = resources["media_store"]
+    with pytest.raises(OSError):
+        with store.writer(key, "embeddings.npy") as tmp:
+            tmp.write_bytes(b"\x93NUMPY half an array")
+            raise OSError(28, "No space left on device")
+    assert {p.name: p.stat().st_mtime_ns for p in media.iterdir()} == before
+    assert index.count(key) == rows_before
+    assert store_upload(speech_video[0], store).partition_key == key
+    assert not [p for p in media.iterdir() if p.name.endswith(".tmp")]
