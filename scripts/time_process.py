@@ -40,7 +40,7 @@ s = time.perf_counter(); transcript = tr.transcribe(audio); lap("transcribe_s", 
 s = time.perf_counter(); chunks = chunk_segments(transcript.segments); lap("chunk_s", s)
 s = time.perf_counter(); vectors = em.embed([c.text for c in chunks]); lap("embed_s", s)
 s = time.perf_counter()
-index.upsert_partition(key, "video", [IndexRow(media_id=key, kind="video", chunk_index=c.chunk_index, start_s=c.start_s, end_s=c.end_s, text=c.text, vector=v.tolist()) for c, v in zip(chunks, vectors)])
+index.upsert_partition(key, "video", [IndexRow(media_id=key, kind="video", origin="video_index_rows", chunk_index=c.chunk_index, start_s=c.start_s, end_s=c.end_s, text=c.text, vector=v.tolist()) for c, v in zip(chunks, vectors)], origin="video_index_rows")
 lap("index_s", s)
 t["audio_duration_s"] = len(audio) / 16000
 print(json.dumps(t))

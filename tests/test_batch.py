@@ -1,0 +1,101 @@
+"""Batch runs: several videos in ONE run, one materialization per partition and asset, a bad item
+failing alone with its classified error, and the UI's partition status counting both right."""
+
+import dagster as dg
+from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+
+from narra_dagster.assets.video import CHECK_INDEX_ROWS, video_index_rows
+from narra_dagster.batch import BATCH_TAG, batch_jobs, stages_for_kind
+from narra_dagster.definitions import build_defs
+from narra_dagster.operations import partition_status, process_files
+from narra_dagster.partitions import videos
+from narra_dagster.sample_media import make_talking_video
+
+
+def _status(instance, asset_key):
+    value = get_and_update_asset_status_cache_value(instance, asset_key, videos)
+    materialized = set(value.deserialize_materialized_partition_subsets(videos).get_partition_keys())
+    failed = set(value.deserialize_failed_partition_subsets(videos).get_partition_keys())
+    return materialized, failed
+
+
+def test_batch_job_exists_for_each_kind_with_stages():
+    assert [job.name for job in batch_jobs()][:1] == ["video_batch"]
+
+
+def test_many_items_in_one_run_each_recorded_and_a_bad_one_fails_alone(
+        resources, instance, silent_clip, tmp_path, embedder):
+    clips = []
+    for i, (sentence, photo) in enumerate([
+        ("A fresh cup of coffee is waiting on the kitchen table.", "coffee"),
+        ("A rocket launches from the coast with a bright trail of fire.", "rocket"),
+    ]):
+        clips.append(tmp_path / f"clip{i}.mp4")
+        make_talking_video(clips[-1], [sentence], [photo])
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(b"this is a text file, not a video\n" * 20)
+    defs = build_defs({k: v for k, v in resources.items()})
+
+    results = process_files([*clips, silent_clip, fake], instance, defs)
+
+    by_name = {r.source_name: r for r in results}
+    run_ids = {r.run_id for r in results}
+    assert len(run_ids) == 1  # one run for four items
+    run = instance.get_run_by_id(run_ids.pop())
+    assert run.job_name == "video_batch" and run.tags[BATCH_TAG] == "4"
+    assert run.status == dg.DagsterRunStatus.FAILURE  # because one item failed
+    good = [by_name[c.name] for c in clips] + [by_name[silent_clip.name]]
+    assert all(r.status == "succeeded" for r in good), [(r.source_name, r.error) for r in good]
+    # Every stage of the video group: transcript chain, keyframes and frame text, enrichment.
+    assert set(good[0].steps) == {asset.key.to_user_string() for asset, _ in stages_for_kind("video")}
+    assert {"video_index_rows", "video_frame_index_rows", "video_enrichment"} <= set(good[0].steps)
+    bad = by_name["fake.mp4"]
+    assert bad.status == "failed" and bad.error_class == "not_media", bad
+    assert "video_source" in bad.error
+
+    good_keys = {r.partition_key for r in good}
+    for asset, _ in stages_for_kind("video"):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=list(good_keys)), limit=50
+        ).records
+        assert sorted(r.partition_key for r in records) == sorted(good_keys), asset.key
+        assert all(r.asset_materialization.tags["dagster/code_version"] == "1" for r in records)
+        materialized, failed = _status(instance, asset.key)
+        assert materialized == good_keys
+        assert failed == {bad.partition_key}  # what the UI shows as failed partitions
+
+    evaluation = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(video_index_rows.key, CHECK_INDEX_ROWS)])
+    assert evaluation  # checks are recorded too
+    for r in good[:2]:
+        assert resources["search_index"].count(r.partition_key) >= 1
+    hits = resources["search_index"].search("rocket launches", embedder.embed(["rocket launches"])[0])
+    assert hits[0].media_id == by_name["clip1.mp4"].partition_key
+
+    states = {i["media_id"]: i for i in partition_status(instance, defs)}
+    assert states[bad.partition_key]["state"] == "failed"
+    assert states[bad.partition_key]["last_run"]["error_class"] == "not_media"
+    assert states[good[0].partition_key]["state"] == "searchable"
+
+    # Running them again one per run (the sensor's way) still works and skips nothing needed.
+    again = process_files([clips[0]], instance, defs, batch=False, force=True)
+    assert again[0].status == "succeeded" and again[0].run_id != run.run_id
+
+
+def test_thread_settings_follow_the_environment(monkeypatch):
+    from narra_dagster.resources import FasterWhisperTranscriber, OnnxTextEmbedder
+    from narra_dagster.threads import allow_spinning, cpu_cores, model_threads
+
+    monkeypatch.delenv("NARRA_THREADS", raising=False)
+    monkeypatch.setenv("NARRA_PARALLEL_RUNS", "2")
+    assert model_threads() == max(1, cpu_cores() // 2)
+    assert not allow_spinning(cpu_cores())
+    monkeypatch.setenv("NARRA_THREADS", "1")
+    assert OnnxTextEmbedder().threads == 1 and FasterWhisperTranscriber().threads == 1
+    monkeypatch.setenv("NARRA_THREADS", "zero")
+    try:
+        model_threads()
+    except ValueError as exc:
+        assert "NARRA_THREADS" in str(exc)
+    else:
+        raise AssertionError("a bad NARRA_THREADS must be refused")
