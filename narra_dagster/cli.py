@@ -1,4 +1,4 @@
-"""The `narra` command: process, ingest, search, status and dev."""
+"""The `narra` command: process, ingest, search, status, health, serve-health and dev."""
 
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ def process(
     paths: Paths,
     as_json: JsonFlag = False,
     force: Annotated[bool, typer.Option(help="Re-run items that are already searchable.")] = False,
+    batch: Annotated[Optional[bool], typer.Option(
+        "--batch/--no-batch",
+        help="One run (one process, one model load) for all items of a kind, still one "
+             "materialization per item; default: batch when a kind has more than one item.")] = None,
 ) -> None:
     """Ingest each file and materialize its whole chain now, on the instance at DAGSTER_HOME.
 
@@ -71,7 +75,8 @@ def process(
                 err.print(f"{escape(result.source_name)} -> {result.kind or '?'} {result.partition_key or '-'}: "
                           f"{mark} ({result.seconds:.1f} s)", markup=True, highlight=False)
 
-        results = process_files(files, instance, _defs(), force=force, on_start=started, on_done=done)
+        results = process_files(files, instance, _defs(), force=force, batch=batch,
+                                on_start=started, on_done=done)
     if as_json:
         out.print_json(json.dumps([r.to_json() for r in results]))
     ok = all(r.status in ("succeeded", "skipped") for r in results)
@@ -101,22 +106,101 @@ def ingest(paths: Paths, as_json: JsonFlag = False) -> None:
 
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    query: Annotated[Optional[str], typer.Argument(help="What to look for, in words.")] = None,
     kind: Annotated[Optional[str], typer.Option(help="video, image or document.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+    image: Annotated[Optional[Path], typer.Option(
+        "--image", help="Find the stored images most similar to this picture (not ingested).",
+        exists=True, dir_okay=False, resolve_path=True)] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Hybrid (vector + full-text) search over everything indexed."""
+    """Hybrid (vector + full-text) search over everything indexed: videos (seconds), PDFs (page),
+    text on frames and images (box); with --image PATH, the images most similar to a picture.
+    --json gives kind, media_id, source_name, start_s, end_s, page, box, text and score per hit."""
+    if image is not None:
+        _search_image(image, limit, as_json)
+        return
+    if not query:
+        err.print("give a query, or --image PATH")
+        raise typer.Exit(2)
     resources = _defs().resources
     embedder, index = resources["embedder"], resources["search_index"]
     hits = index.search(query, embedder.embed([query])[0], kind=kind, limit=limit)
     if as_json:
         out.print_json(json.dumps([h.model_dump() for h in hits]))
         return
-    table = Table("score", "kind", "media_id", "source", "at (s)", "text")
+    _print_hits(hits)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+
+
+def format_locator(hit) -> str:
+    """Where in its item a hit is, for people: ``0:03.0`` (a video frame), ``0:09.8-0:11.2`` (a
+    stretch of speech), ``p. 14`` (a PDF page), plus ``box x0,y0-x1,y1`` (pixels) for text read
+    from a picture or frame."""
+    parts = []
+    if hit.page is not None:
+        parts.append(f"p. {hit.page}")
+    if hit.start_s is not None:
+        same = hit.end_s is None or abs(hit.end_s - hit.start_s) < 0.05
+        parts.append(_clock(hit.start_s) if same else f"{_clock(hit.start_s)}-{_clock(hit.end_s)}")
+    if hit.box is not None:
+        x0, y0, x1, y1 = (round(v) for v in hit.box)
+        parts.append(f"box {x0},{y0}-{x1},{y1}")
+    return " ".join(parts)
+
+
+def _print_hits(hits) -> None:
+    """Hits of every kind, best first, as a table: score, kind, where (the locator), source,
+    media_id and text."""
+    table = Table("score", "kind", "where", "source", "text")
+    table.add_column("media_id", no_wrap=True, min_width=16)
     for h in hits:
-        where = f"{h.start_s:.1f}-{h.end_s:.1f}" if h.start_s is not None else (f"p. {h.page}" if h.page else "")
-        table.add_row(f"{h.score:.3f}", h.kind, h.media_id, escape(h.source_name or ""), where, escape(h.text))
+        table.add_row(f"{h.score:.3f}", h.kind, format_locator(h), escape(h.source_name or ""),
+                      escape(h.text), h.media_id)
+    out.print(table)
+
+
+def _search_image(path: Path, limit: int, as_json: bool) -> None:
+    from narra_dagster.assets.image import find_similar_images
+    from narra_dagster.errors import BadInputError
+
+    resources = _defs().resources
+    try:
+        hits = find_similar_images(path, image_classifier=resources["image_classifier"],
+                                   image_index=resources["image_index"], limit=limit)
+    except BadInputError as exc:
+        err.print(f"[{exc.code}] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    if as_json:
+        out.print_json(json.dumps(hits))
+        return
+    table = Table("cosine", "pHash bits", "duplicate", "source", "media_id")
+    for h in hits:
+        table.add_row(f"{h['cosine_distance']:.3f}", str(h["phash_distance"]), h["duplicate"] or "",
+                      escape(h["source_name"] or ""), h["media_id"])
+    out.print(table)
+
+
+@app.command()
+def catalog(
+    category: Annotated[Optional[str], typer.Option(
+        help="Only this category: animal, food, landscape, person, plant, vehicle, object, other.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The image catalog: every image filed by category, capture date and camera."""
+    rows = _defs().resources["image_index"].catalog(category=category)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("category", "date", "camera", "label", "size", "source", "duplicate of")
+    table.add_column("media_id", no_wrap=True, min_width=16)
+    for r in rows:
+        table.add_row(r["category"], r["capture_date"] or "", escape(r["camera"] or ""),
+                      escape(r["label"] or ""), f"{r['width']}x{r['height']}",
+                      escape(r["source_name"] or ""), r["duplicate_of"] or "", r["media_id"])
     out.print(table)
 
 
@@ -128,7 +212,7 @@ def status(
     """Per partition: each asset's last materialization, and the last run's outcome or error."""
     from narra_dagster.operations import partition_status
 
-    items = partition_status(_instance(), _defs().resources["media_store"], media_id)
+    items = partition_status(_instance(), _defs(), media_id)
     if as_json:
         out.print_json(json.dumps(items))
     else:
@@ -143,6 +227,58 @@ def status(
     if media_id and not items:
         err.print(f"no partition matches {media_id!r}")
         raise typer.Exit(1)
+
+
+@app.command()
+def health(
+    as_json: JsonFlag = False,
+    models: Annotated[bool, typer.Option(help="Load and try the models (slower, thorough).")] = True,
+    heartbeat_tolerance: Annotated[float, typer.Option(help="Oldest acceptable daemon heartbeat (s).")] = 90.0,
+) -> None:
+    """Check the instance, storage, models, daemon and sensors.
+
+    Exit code 0 healthy, 1 degraded (daemon or a sensor down: nothing new is picked up),
+    2 unhealthy (instance, storage or models unusable).
+    """
+    from narra_dagster.health import check_health, unreachable_report
+
+    try:
+        instance = _instance()
+    except Exception as exc:  # noqa: BLE001 - an instance that cannot be opened is the finding
+        report = unreachable_report(exc)
+    else:
+        report = check_health(instance, _defs(), models=models, heartbeat_tolerance_s=heartbeat_tolerance)
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+    else:
+        color = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}[report.status]
+        out.print(f"[{color}]{report.status}[/]")
+        for check in report.checks:
+            mark = "[green]ok[/]" if check.ok else "[red]FAIL[/]"
+            out.print(f"  {mark} {check.name}: {escape(check.detail)} ({check.seconds:.2f} s)")
+    raise typer.Exit(report.exit_code)
+
+
+@app.command("serve-health")
+def serve_health(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8077,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 for a container.")] = "127.0.0.1",
+    cache: Annotated[float, typer.Option(help="Seconds a report is reused between probes.")] = 10.0,
+    models: Annotated[bool, typer.Option(help="Include the model check.")] = True,
+    heartbeat_tolerance: Annotated[float, typer.Option(help="Oldest acceptable daemon heartbeat (s).")] = 90.0,
+) -> None:
+    """Serve /health, /readiness and /metrics (Prometheus) over HTTP until interrupted."""
+    from narra_dagster.health_server import HealthService, make_server
+
+    server = make_server(HealthService(_instance(), _defs(), cache_s=cache, models=models,
+                                         heartbeat_tolerance_s=heartbeat_tolerance), host, port)
+    err.print(f"serving http://{host}:{server.server_address[1]}/health, /readiness, /metrics")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @app.command()

@@ -11,17 +11,19 @@ from typing import Any
 
 import dagster as dg
 
+from narra_dagster.batch import (
+    BATCH_TAG,
+    batch_item_tag,
+    batch_job_name,
+    batch_run_config,
+    item_results,
+)
 from narra_dagster.errors import BadInputError
+from narra_dagster.jobs import JOBS_BY_KIND, chain_for_kind
 from narra_dagster.ingest import store_upload
 from narra_dagster.partitions import PARTITIONS_BY_KIND
 from narra_dagster.resources.media_store import MediaStore
 
-# The asset chain of each kind, in order; the last one makes the item searchable.
-CHAINS: dict[str, list[str]] = {
-    "video": ["video_source", "video_audio", "video_transcript", "video_chunks",
-              "video_chunk_embeddings", "video_index_rows"],
-}
-JOB_BY_KIND = {"video": "video_pipeline"}
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
@@ -74,10 +76,11 @@ def register(path: Path, instance: dg.DagsterInstance, media_store: MediaStore) 
     return result
 
 
-def last_materialization(instance: dg.DagsterInstance, asset: str, key: str):
+def last_materialization(instance: dg.DagsterInstance, asset: str | dg.AssetKey, key: str):
     """The newest materialization record of one asset partition, or None."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey.from_coercible(asset),
+                              asset_partitions=[key]), limit=1
     ).records
     return records[0] if records else None
 
@@ -101,6 +104,7 @@ def process_files(
     defs: dg.Definitions,
     *,
     force: bool = False,
+    batch: bool | None = None,
     on_start: Callable[[ProcessResult], None] | None = None,
     on_done: Callable[[ProcessResult], None] | None = None,
 ) -> list[ProcessResult]:
@@ -108,29 +112,98 @@ def process_files(
 
     Runs are recorded on ``instance`` (so the UI shows them). One failing file does not stop the
     others. A file whose last asset is already materialized is skipped unless ``force``.
+
+    ``batch``: True runs all items of one kind in one batch run (``<kind>_batch``: one process,
+    one model load, still one materialization per item and asset); False runs one run per item;
+    None (default) batches when there is more than one item of a kind and the kind has a batch
+    job. Per-item results (status, error, seconds per step) are the same either way.
     """
     media_store: MediaStore = defs.resources["media_store"]  # type: ignore[assignment]
-    results = []
+    results: list[ProcessResult] = []
+    pending: list[tuple[ProcessResult, float]] = []
     for path in expand_paths(paths):
         started = time.perf_counter()
         result = register(path, instance, media_store)
+        results.append(result)
         if on_start:
             on_start(result)
         if result.status == "registered":
-            chain = CHAINS[result.kind]
-            if not force and last_materialization(instance, chain[-1], result.partition_key):
+            chain = chain_for_kind(defs, result.kind)
+            if not force and all(last_materialization(instance, asset, result.partition_key)
+                                 for asset in chain):
                 result.status = "skipped"
+        if result.status == "registered":
+            pending.append((result, started))
+        else:
+            result.seconds = round(time.perf_counter() - started, 3)
+            if on_done:
+                on_done(result)
+
+    by_kind: dict[str, list[tuple[ProcessResult, float]]] = {}
+    for item in pending:
+        by_kind.setdefault(item[0].kind, []).append(item)
+    for kind, items in by_kind.items():
+        keys = list(dict.fromkeys(r.partition_key for r, _ in items))
+        use_batch = batch if batch is not None else len(keys) > 1
+        if use_batch and _has_job(defs, batch_job_name(kind)):
+            _execute_batch(kind, keys, items, instance, defs, on_done)
+            continue
+        done_keys: set[str] = set()
+        for result, started in items:
+            if result.partition_key in done_keys and not force:
+                result.status = "skipped"  # the same bytes under another name, run just now
             else:
                 _execute(result, instance, defs)
-        result.seconds = round(time.perf_counter() - started, 3)
-        results.append(result)
-        if on_done:
-            on_done(result)
+                if result.status == "succeeded":
+                    done_keys.add(result.partition_key)
+            result.seconds = round(time.perf_counter() - started, 3)
+            if on_done:
+                on_done(result)
     return results
 
 
+def _has_job(defs: dg.Definitions, name: str) -> bool:
+    try:
+        defs.resolve_job_def(name)
+    except Exception:  # noqa: BLE001 - Dagster raises different errors for an unknown job
+        return False
+    return True
+
+
+def _execute_batch(kind: str, keys: list[str], items: list[tuple[ProcessResult, float]],
+                   instance: dg.DagsterInstance, defs: dg.Definitions,
+                   on_done: Callable[[ProcessResult], None] | None) -> None:
+    job = defs.resolve_job_def(batch_job_name(kind))
+    run = job.execute_in_process(
+        run_config=batch_run_config(kind, keys, QUIET_LOGS), instance=instance,
+        raise_on_error=False,
+        tags={BATCH_TAG: str(len(keys)), "narra/launched_by": "narra process",
+              **{batch_item_tag(k): "1" for k in keys}},
+    )
+    recorded = {r["partition_key"]: r for r in item_results(instance, run.run_id)}
+    run_error, run_error_class = (None, None) if run.success else run_failure(instance, run.run_id)
+    first: set[str] = set()
+    for result, _ in items:
+        result.run_id = run.run_id
+        item = recorded.get(result.partition_key)
+        duplicate = result.partition_key in first
+        first.add(result.partition_key)
+        if duplicate and item is not None and item["status"] == "succeeded":
+            result.status = "skipped"  # the same bytes under another name, processed above
+        elif item is None:  # the run died before it reached this item
+            result.status, result.error = "failed", run_error or "the batch run failed"
+            result.error_class = run_error_class or "batch_failed"
+        else:
+            result.status = item["status"]
+            result.error, result.error_class = item["error"], item["error_class"]
+            result.steps = dict(item["steps"])
+            result.seconds = item["seconds"]
+        if on_done:
+            on_done(result)
+
+
 def _execute(result: ProcessResult, instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
-    job = defs.resolve_job_def(JOB_BY_KIND[result.kind])
+    job = defs.resolve_job_def(JOBS_BY_KIND[result.kind].name)
     run = job.execute_in_process(
         partition_key=result.partition_key, instance=instance, raise_on_error=False,
         run_config=QUIET_LOGS, tags={"narra/source_name": result.source_name[:63] or "-",
@@ -154,14 +227,16 @@ def _execute(result: ProcessResult, instance: dg.DagsterInstance, defs: dg.Defin
         result.error, result.error_class = run_failure(instance, run.run_id)
 
 
-def partition_status(instance: dg.DagsterInstance, media_store: MediaStore,
+def partition_status(instance: dg.DagsterInstance, defs: dg.Definitions,
                      media_id: str | None = None) -> list[dict[str, Any]]:
     """Per partition: source name, each asset's last materialization, and the last run's outcome.
 
     ``media_id`` may be a prefix of a partition key.
     """
+    media_store: MediaStore = defs.resources["media_store"]  # type: ignore[assignment]
     items = []
-    for kind, chain in CHAINS.items():
+    for kind in JOBS_BY_KIND:
+        chain = chain_for_kind(defs, kind)
         name = PARTITIONS_BY_KIND[kind].name  # type: ignore[index]
         for key in instance.get_dynamic_partitions(name):
             if media_id and not key.startswith(media_id):
@@ -173,15 +248,24 @@ def partition_status(instance: dg.DagsterInstance, media_store: MediaStore,
             assets = {}
             for asset in chain:
                 record = last_materialization(instance, asset, key)
-                assets[asset] = None if record is None else {
+                assets[asset.to_user_string()] = None if record is None else {
                     "materialized_at": _iso(record.timestamp), "run_id": record.run_id}
-            runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": key}), limit=1)
+            # The item's last run: its own run, or a batch run that listed it (tagged per item).
+            runs = [*instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": key}), limit=1),
+                    *instance.get_run_records(dg.RunsFilter(tags={batch_item_tag(key): "1"}), limit=1)]
             last_run = None
             if runs:
-                run = runs[0]
+                run = max(runs, key=lambda r: r.create_timestamp).dagster_run
+                status = run.status.value
                 error, error_class = (run_failure(instance, run.run_id)
                                       if run.status == dg.DagsterRunStatus.FAILURE else (None, None))
-                last_run = {"run_id": run.run_id, "job": run.job_name, "status": run.status.value,
+                if run.tags.get(batch_item_tag(key)):  # a batch run: this item's own outcome
+                    item = next((i for i in item_results(instance, run.run_id)
+                                 if i["partition_key"] == key), None)
+                    if item is not None:
+                        error, error_class = item["error"], item["error_class"]
+                        status = "SUCCESS" if item["status"] == "succeeded" else "FAILURE"
+                last_run = {"run_id": run.run_id, "job": run.job_name, "status": status,
                             "error": error, "error_class": error_class}
             done = all(assets.values())
             items.append({

@@ -8,18 +8,9 @@ from narra_dagster.definitions import build_defs
 from narra_dagster.operations import process_files
 from narra_dagster.resources import FasterWhisperTranscriber
 
+from .conftest import check_outcomes as _checks
 from .conftest import ingest_and_materialize
-
-
-def _metadata(result, asset):
-    [event] = [e for e in result.get_asset_materialization_events()
-               if e.asset_key == dg.AssetKey(asset)]
-    return {k: v.value for k, v in event.materialization.metadata.items()}
-
-
-def _checks(result):
-    return {e.event_specific_data.check_name: e.event_specific_data.passed
-            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+from .conftest import materialization_metadata as _metadata
 
 
 def test_speech_video_is_transcribed_indexed_and_found(speech_video, resources, instance, embedder):

@@ -134,7 +134,7 @@ def test_a_burst_of_200_files_is_capped_per_tick_and_each_taken_once(instance, i
 
 def test_sensor_is_on_by_default_and_targets_the_video_job():
     assert upload_sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert [j.name for j in upload_sensor.jobs] == ["video_pipeline"]
+    assert sorted(j.name for j in upload_sensor.jobs) == ["document_pipeline", "image_pipeline", "video_pipeline"]
 
 
 def test_hostile_file_names_are_metadata_only(instance, inbox, store, tmp_path):

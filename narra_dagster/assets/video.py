@@ -8,14 +8,18 @@ exponential backoff and jitter.
 """
 
 
+import logging
 import time
 
 import dagster as dg
 import numpy as np
 
-from narra_dagster import avio
+from narra_dagster.assets.common import TRANSIENT_RETRY, upload_name
+from narra_dagster import avio, pools
+from narra_dagster.assets.pipeline_settings import CHUNKING_SETTINGS, EMBEDDING_MODEL, TRANSCRIPTION_MODEL
 from narra_dagster.chunking import chunk_segments
 from narra_dagster.errors import BadInputError, classified_failures
+from narra_dagster.ingest import check_declared_kind
 from narra_dagster.partitions import videos
 from narra_dagster.resources.embedder import EMBEDDING_DIM, TextEmbedder
 from narra_dagster.resources.media_store import SOURCE, MediaStore
@@ -37,12 +41,6 @@ CHECK_INDEX_ROWS = "index_rows_match_chunks"
 
 MIN_MEAN_CONFIDENCE = 0.5
 NORM_TOLERANCE = 1e-3
-
-# Transient failures (a model runtime or an index write that hiccups) are retried up to 3 times,
-# waiting about 2, 4 and 8 s; bad input raises Failure(allow_retries=False) and is never retried.
-TRANSIENT_RETRY = dg.RetryPolicy(
-    max_retries=3, delay=2.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
 
 
 def _video_asset(**kwargs):
@@ -66,13 +64,6 @@ def _preview(rows: list[tuple[float, float, str]], limit: int = 12) -> dg.Metada
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def _source_name(media_store: MediaStore, key: str) -> str | None:
-    try:
-        return media_store.manifest(key).get("source_name")
-    except FileNotFoundError:
-        return None
-
-
 @_video_asset(
     kinds={"pyav"},
 )
@@ -80,17 +71,27 @@ def video_source(context: dg.AssetExecutionContext, media_store: MediaStore) -> 
     """The uploaded video, validated and probed with PyAV: container, codecs, duration (s),
     frame rate, resolution (pixels), size (bytes) and streams. Every packet is demuxed and each
     stream's first frame decoded, so a truncated or fake file fails here, classified."""
-    key = context.partition_key
+    return build_video_source(context.partition_key, media_store=media_store, log=context.log)
+
+
+def build_video_source(key: str, *, media_store: MediaStore, log: logging.Logger) -> dg.MaterializeResult:
+    """Validate and probe one stored upload; write ``probe.json``.
+
+    Raises:
+        dagster.Failure: non-retryable, ``error_class`` ``missing_source``, ``type_mismatch``,
+            ``empty_file``, ``not_media``, ``corrupt_media`` or ``no_streams``.
+    """
     with classified_failures("video_source"):
         if not media_store.exists(key, SOURCE):
             raise BadInputError(
                 f"no upload is stored for partition {key}; add files with `narra ingest` or the "
                 "inbox, not by adding partitions by hand", code="missing_source")
+        check_declared_kind(media_store.manifest(key))
         info = avio.probe(media_store.local_path(key, SOURCE))
-    info["source_name"] = _source_name(media_store, key)
+    info["source_name"] = upload_name(media_store, key)
     media_store.write_json(key, PROBE, info)
     video, audio = info["video"], info["audio"]
-    context.log.info(
+    log.info(
         f"{key}: {info['container']}, {info['duration_s']:.2f} s, "
         f"video={video and video['codec']}, audio={audio and audio['codec']}"
     )
@@ -117,11 +118,19 @@ def video_source(context: dg.AssetExecutionContext, media_store: MediaStore) -> 
 def video_audio(context: dg.AssetExecutionContext, media_store: MediaStore) -> dg.MaterializeResult:
     """The video's first audio track as 16 kHz mono 16-bit WAV, the input Whisper expects. A video
     without an audio track gives an empty WAV and says so."""
-    key = context.partition_key
+    return build_video_audio(context.partition_key, media_store=media_store, log=context.log)
+
+
+def build_video_audio(key: str, *, media_store: MediaStore, log: logging.Logger) -> dg.MaterializeResult:
+    """Decode the first audio track to ``audio.wav`` (16 kHz mono int16; empty without audio).
+
+    Raises:
+        dagster.Failure: non-retryable, ``corrupt_media``, when the audio cannot be decoded.
+    """
     with classified_failures("video_audio"), media_store.writer(key, AUDIO) as tmp:
         info = avio.extract_audio(media_store.local_path(key, SOURCE), tmp)
     if not info["has_audio"]:
-        context.log.warning(f"{key}: no audio track; the transcript will be empty")
+        log.warning(f"{key}: no audio track; the transcript will be empty")
     return dg.MaterializeResult(
         metadata={
             "has_audio": info["has_audio"],
@@ -136,7 +145,8 @@ def video_audio(context: dg.AssetExecutionContext, media_store: MediaStore) -> d
 
 @_video_asset(
     kinds={"whisper"},
-    deps=[video_audio],
+    deps=[video_audio, TRANSCRIPTION_MODEL],
+    pool=pools.TRANSCRIPTION,
     retry_policy=TRANSIENT_RETRY,
     check_specs=[dg.AssetCheckSpec(CHECK_TRANSCRIPT_CONFIDENCE, asset="video_transcript",
                                    description="Mean word confidence is at least 0.5 (warns).")],
@@ -147,7 +157,14 @@ def video_transcript(
     """What is said in the video: segments with start and end (s), text, confidence and word
     timings, plus the language. Metadata gives the real-time factor (transcription seconds per
     second of audio), the model and a preview."""
-    key = context.partition_key
+    return build_video_transcript(context.partition_key, media_store=media_store,
+                                  transcriber=transcriber, log=context.log)
+
+
+def build_video_transcript(key: str, *, media_store: MediaStore, transcriber: Transcriber,
+                           log: logging.Logger) -> dg.MaterializeResult:
+    """Transcribe ``audio.wav`` into ``transcript.json``; the result carries the
+    ``transcript_confidence`` check (WARN below a mean word confidence of 0.5)."""
     audio = avio.read_wav(media_store.local_path(key, AUDIO))
     audio_s = len(audio) / avio.AUDIO_RATE
     started = time.perf_counter()
@@ -160,7 +177,7 @@ def video_transcript(
     note = "" if audio_s else "no audio track: the transcript is empty"
     if audio_s and not transcript.segments:
         note = "no speech found in the audio"
-    context.log.info(
+    log.info(
         f"{key}: {len(transcript.segments)} segments, {words} words from {audio_s:.1f} s of audio "
         f"in {elapsed:.2f} s (real-time factor {rtf:.3f}) with {transcriber.model_name}"
     )
@@ -193,12 +210,16 @@ def video_transcript(
 
 @_video_asset(
     kinds={"python"},
-    deps=[video_transcript],
+    deps=[video_transcript, CHUNKING_SETTINGS],
 )
 def video_chunks(context: dg.AssetExecutionContext, media_store: MediaStore) -> dg.MaterializeResult:
     """The transcript cut into timestamped search chunks on segment boundaries (at most 15 s or
     40 words each), every chunk with its start and end in seconds and its word timings."""
-    key = context.partition_key
+    return build_video_chunks(context.partition_key, media_store=media_store, log=context.log)
+
+
+def build_video_chunks(key: str, *, media_store: MediaStore, log: logging.Logger) -> dg.MaterializeResult:
+    """Cut ``transcript.json`` into search chunks (``chunks.json``) on segment boundaries."""
     transcript = Transcript.model_validate(media_store.read_json(key, TRANSCRIPT))
     chunks = chunk_segments(transcript.segments)
     media_store.write_json(key, CHUNKS, [c.model_dump() for c in chunks])
@@ -220,7 +241,7 @@ def _load_chunks(media_store: MediaStore, key: str) -> list[Chunk]:
 
 @_video_asset(
     kinds={"onnx"},
-    deps=[video_chunks],
+    deps=[video_chunks, EMBEDDING_MODEL],
     retry_policy=TRANSIENT_RETRY,
     check_specs=[dg.AssetCheckSpec(CHECK_EMBEDDINGS_VALID, asset="video_chunk_embeddings",
                                    description="float32 [chunks, 384], finite, unit L2 norm.")],
@@ -229,7 +250,14 @@ def video_chunk_embeddings(
     context: dg.AssetExecutionContext, media_store: MediaStore, embedder: TextEmbedder
 ) -> dg.MaterializeResult:
     """One embedding per chunk: float32 [chunks, 384], L2-normalized, stored as ``.npy``."""
-    key = context.partition_key
+    return build_video_chunk_embeddings(context.partition_key, media_store=media_store,
+                                        embedder=embedder, log=context.log)
+
+
+def build_video_chunk_embeddings(key: str, *, media_store: MediaStore, embedder: TextEmbedder,
+                                 log: logging.Logger) -> dg.MaterializeResult:
+    """Embed every chunk's text into ``embeddings.npy`` (float32 [chunks, 384], unit rows); the
+    result carries the ``embeddings_shape_and_norm`` check."""
     chunks = _load_chunks(media_store, key)
     started = time.perf_counter()
     vectors = embedder.embed([c.text for c in chunks]) if chunks else np.zeros((0, EMBEDDING_DIM), np.float32)
@@ -266,6 +294,7 @@ def video_chunk_embeddings(
 @_video_asset(
     kinds={"lancedb"},
     deps=[video_chunk_embeddings],
+    pool=pools.SEARCH_INDEX,
     retry_policy=TRANSIENT_RETRY,
     check_specs=[dg.AssetCheckSpec(CHECK_INDEX_ROWS, asset="video_index_rows",
                                    description="The index holds exactly one row per chunk.")],
@@ -275,16 +304,28 @@ def video_index_rows(
 ) -> dg.MaterializeResult:
     """The video's rows in the search index, one per chunk with its time span, replaced as a whole
     each time (stale rows of this video are deleted in the same commit)."""
-    key = context.partition_key
+    return build_video_index_rows(context.partition_key, media_store=media_store,
+                                  search_index=search_index, log=context.log)
+
+
+def build_video_index_rows(key: str, *, media_store: MediaStore, search_index: SearchIndex,
+                           log: logging.Logger) -> dg.MaterializeResult:
+    """Replace this video's ``video_index_rows`` rows in the search index (one per chunk); the
+    result carries the ``index_rows_match_chunks`` check.
+
+    Raises:
+        RuntimeError: when chunks and embeddings disagree in count (re-materialize embeddings).
+    """
     chunks = _load_chunks(media_store, key)
     vectors = np.load(media_store.local_path(key, EMBEDDINGS))
     if len(vectors) != len(chunks):
         raise RuntimeError(f"{len(chunks)} chunks but {len(vectors)} embeddings: re-materialize "
                            "video_chunk_embeddings")
-    source_name = _source_name(media_store, key)
+    source_name = upload_name(media_store, key)
     rows = [
         IndexRow(
-            media_id=key, kind="video", source_name=source_name, chunk_index=c.chunk_index,
+            media_id=key, kind="video", origin="video_index_rows", source_name=source_name,
+            chunk_index=c.chunk_index,
             start_s=c.start_s, end_s=c.end_s, text=c.text,
             words=[(w.word, round(w.start_s, 3), round(w.end_s, 3)) for w in c.words],
             vector=v.tolist(),
@@ -292,7 +333,7 @@ def video_index_rows(
         for c, v in zip(chunks, vectors)
     ]
     started = time.perf_counter()
-    count = search_index.upsert_partition(key, "video", rows)
+    count = search_index.upsert_partition(key, "video", rows, origin="video_index_rows")
     elapsed = time.perf_counter() - started
     return dg.MaterializeResult(
         metadata={
@@ -313,9 +354,13 @@ def video_index_rows(
 video_assets = [video_source, video_audio, video_transcript, video_chunks,
                 video_chunk_embeddings, video_index_rows]
 
-video_pipeline = dg.define_asset_job(
-    "video_pipeline",
-    selection=dg.AssetSelection.assets(*video_assets),
-    partitions_def=videos,
-    description="Every stage of one video, from the uploaded file to its search index rows.",
-)
+# (asset, stage function) in dependency order: a batch run (narra_dagster.batch) calls the same
+# functions for many partitions in one process.
+STAGES = [
+    (video_source, build_video_source),
+    (video_audio, build_video_audio),
+    (video_transcript, build_video_transcript),
+    (video_chunks, build_video_chunks),
+    (video_chunk_embeddings, build_video_chunk_embeddings),
+    (video_index_rows, build_video_index_rows),
+]

@@ -1,7 +1,10 @@
-"""Resources: media store, transcriber, text embedder, search index (interfaces + backends)."""
+"""Resources: media store, transcriber, text embedder, OCR, search index (interfaces + backends)."""
 
 from narra_dagster.resources.embedder import OnnxTextEmbedder, TextEmbedder
+from narra_dagster.resources.image_index import ImageIndex, LanceImageIndex
 from narra_dagster.resources.media_store import LocalMediaStore, MediaStore
+from narra_dagster.resources.ocr import OcrEngine, OcrLine, RapidOcrEngine
+from narra_dagster.resources.recognizer import ImageClassifier, OnnxImageClassifier, Recognition
 from narra_dagster.resources.search_index import LanceSearchIndex, SearchIndex
 from narra_dagster.resources.transcriber import (
     FasterWhisperTranscriber,
@@ -10,14 +13,20 @@ from narra_dagster.resources.transcriber import (
 )
 
 __all__ = [
-    "FasterWhisperTranscriber", "LanceSearchIndex", "LocalMediaStore", "MediaStore",
-    "OnnxTextEmbedder", "OpenAIWhisperTranscriber", "SearchIndex", "TextEmbedder", "Transcriber",
+    "FasterWhisperTranscriber", "ImageClassifier", "ImageIndex", "LanceImageIndex", "LanceSearchIndex", "LocalMediaStore", "MediaStore",
+    "OcrEngine", "OcrLine", "OnnxImageClassifier", "OnnxTextEmbedder", "OpenAIWhisperTranscriber", "RapidOcrEngine", "Recognition", "SearchIndex", "TextEmbedder", "Transcriber",
     "default_resources",
 ]
 
 
 def default_resources() -> dict:
-    """The embedded defaults, all under $NARRA_HOME: local store, LanceDB, models from PyPI."""
+    """The embedded defaults, all under $NARRA_HOME: local store, LanceDB, models from PyPI.
+
+    With ``NARRA_S3_BUCKET`` set, the media store and the search index are on S3 instead (and
+    ``s3_inbox`` watches ``NARRA_S3_INBOX_PREFIX`` when set); see ``resources/s3.py``.
+    """
+    from narra_dagster.events import event_sink_from_env
+    from narra_dagster.resources.s3 import s3_resources_from_env
     from narra_dagster.sensors.upload import LocalInbox
 
     return {
@@ -25,5 +34,10 @@ def default_resources() -> dict:
         "transcriber": FasterWhisperTranscriber(),
         "embedder": OnnxTextEmbedder(),
         "search_index": LanceSearchIndex(),
+        "ocr": RapidOcrEngine(),
+        "image_classifier": OnnxImageClassifier(),
+        "image_index": LanceImageIndex(),
         "inbox": LocalInbox(),
+        "event_sink": event_sink_from_env(),
+        **s3_resources_from_env(),
     }

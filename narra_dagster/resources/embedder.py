@@ -17,6 +17,8 @@ import dagster as dg
 import numpy as np
 from pydantic import Field, PrivateAttr
 
+from narra_dagster.threads import allow_spinning, model_threads
+
 EMBEDDING_DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2 (ONNX int8)"
 
@@ -41,6 +43,10 @@ def _load(model_path: str, tokenizer_path: str, threads: int, max_length: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning",
+                                     "1" if allow_spinning(threads) else "0")
     session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
     tokenizer = Tokenizer.from_file(tokenizer_path)
     tokenizer.enable_truncation(max_length=max_length)
@@ -84,7 +90,10 @@ class OnnxTextEmbedder(TextEmbedder):
         default_factory=default_tokenizer_path, description="HuggingFace tokenizer.json."
     )
     batch_size: int = Field(default=32, ge=1)
-    threads: int = Field(default=2, ge=1, description="onnxruntime intra-op threads.")
+    threads: int = Field(
+        default_factory=model_threads, ge=1,
+        description="onnxruntime intra-op threads; default NARRA_THREADS, else cores // "
+                    "NARRA_PARALLEL_RUNS (see narra_dagster.threads).")
     max_length: int = Field(
         default=256, ge=8, description="Tokens per text; the model was trained with 256."
     )
@@ -109,11 +118,19 @@ class OnnxTextEmbedder(TextEmbedder):
     def embed(self, texts: list[str]) -> np.ndarray:
         self._ensure_loaded()
         out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        if not texts:
+            return out
         input_names = {i.name for i in self._session.get_inputs()}
+        # Tokenize once, then batch texts of similar length together: a batch is padded to its
+        # longest text, so sorting by length cuts the padded tokens the model computes for nothing.
+        encodings = self._tokenizer.encode_batch(texts)
+        lengths = np.array([sum(e.attention_mask) for e in encodings])
+        order = np.argsort(lengths, kind="stable")
         for start in range(0, len(texts), self.batch_size):
-            batch = self._tokenizer.encode_batch(texts[start : start + self.batch_size])
-            ids = np.array([e.ids for e in batch], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
+            rows = order[start : start + self.batch_size]
+            width = int(lengths[rows].max())
+            ids = np.array([encodings[i].ids[:width] for i in rows], dtype=np.int64)
+            mask = np.array([encodings[i].attention_mask[:width] for i in rows], dtype=np.int64)
             feeds = {"input_ids": ids, "attention_mask": mask}
             if "token_type_ids" in input_names:
                 feeds["token_type_ids"] = np.zeros_like(ids)
@@ -122,5 +139,5 @@ class OnnxTextEmbedder(TextEmbedder):
             weights = mask[..., None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-            out[start : start + len(batch)] = pooled / np.clip(norms, 1e-12, None)
+            out[rows] = pooled / np.clip(norms, 1e-12, None)
         return out

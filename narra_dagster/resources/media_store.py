@@ -10,11 +10,13 @@ leaves either the old artifact or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +99,26 @@ class MediaStore(dg.ConfigurableResource, ABC):
         return self.read_json(key, MANIFEST)
 
 
+# A temporary file this old was left by a writer that died (SIGKILL, power loss) before its
+# cleanup ran; a live write of one artifact never takes this long.
+ORPHAN_AGE_S = 3600.0
+
+
+def _remove_orphans(folder: Path, name: str) -> int:
+    """Delete temporary files of artifact ``name`` in ``folder`` older than
+    :data:`ORPHAN_AGE_S` seconds; return how many. Errors (a file removed meanwhile) are ignored."""
+    removed = 0
+    cutoff = time.time() - ORPHAN_AGE_S
+    for tmp in folder.glob(f".{glob.escape(name)}.*.tmp"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 class LocalMediaStore(MediaStore):
     """Media store in a local folder: ``<root>/<partition_key>/<artifact>``."""
 
@@ -120,6 +142,7 @@ class LocalMediaStore(MediaStore):
         _check(key, name)
         folder = self._dir(key)
         folder.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(folder, name)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
         os.close(fd)
         tmp = Path(tmp_name)

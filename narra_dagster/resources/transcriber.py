@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import Field, PrivateAttr
 
 from narra_dagster.schemas import Segment, Transcript, Word
+from narra_dagster.threads import model_threads
 
 SAMPLE_RATE = 16_000
 
@@ -75,10 +76,12 @@ class Transcriber(dg.ConfigurableResource, ABC):
 
 
 @functools.lru_cache(maxsize=2)
-def _load_faster_whisper(path: str, compute_type: str, threads: int):
+def _load_faster_whisper(path: str, compute_type: str, threads: int, workers: int):
     from faster_whisper import WhisperModel
 
-    return WhisperModel(path, device="cpu", compute_type=compute_type, cpu_threads=threads), threading.Lock()
+    model = WhisperModel(path, device="cpu", compute_type=compute_type, cpu_threads=threads,
+                         num_workers=workers)
+    return model, threading.Lock()
 
 
 class FasterWhisperTranscriber(Transcriber):
@@ -91,7 +94,14 @@ class FasterWhisperTranscriber(Transcriber):
     model_label: str = Field(default="tiny.en", description="Name shown in metadata.")
     compute_type: str = Field(default="int8", description="int8, int8_float32, float32...")
     beam_size: int = Field(default=5, ge=1, description="5 is Whisper's default.")
-    threads: int = Field(default=2, ge=1, description="CTranslate2 intra-op threads.")
+    threads: int = Field(
+        default_factory=model_threads, ge=1,
+        description="CTranslate2 intra-op threads (cpu_threads); default NARRA_THREADS, else "
+                    "cores // NARRA_PARALLEL_RUNS (see narra_dagster.threads).")
+    num_workers: int = Field(
+        default=1, ge=1,
+        description="CTranslate2 model replicas for concurrent transcriptions in one process; a "
+                    "run transcribes one file at a time, so 1 (each replica takes `threads`).")
     language: str | None = Field(default="en", description="None to detect the language.")
     vad_filter: bool = Field(
         default=False, description="Skip silence with the Silero VAD bundled in faster-whisper."
@@ -106,7 +116,7 @@ class FasterWhisperTranscriber(Transcriber):
     def _ensure_loaded(self) -> None:
         if self._model is None:
             self._model, self._lock = _load_faster_whisper(
-                self.model_path, self.compute_type, self.threads
+                self.model_path, self.compute_type, self.threads, self.num_workers
             )
 
     @property

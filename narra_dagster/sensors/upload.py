@@ -25,14 +25,13 @@ import dagster as dg
 from pydantic import Field
 
 from narra_dagster import PIPELINE_VERSION, settings
-from narra_dagster.assets.video import video_pipeline
+from narra_dagster.jobs import JOBS_BY_KIND
 from narra_dagster.errors import BadInputError
 from narra_dagster.ingest import store_upload
 from narra_dagster.partitions import PARTITIONS_BY_KIND
 from narra_dagster.resources.media_store import MediaStore
 
 PARTIAL_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".download", "~")
-JOBS_BY_KIND = {"video": video_pipeline}
 
 
 class LocalInbox(dg.ConfigurableResource):
