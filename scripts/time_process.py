@@ -21,13 +21,13 @@ from pathlib import Path
 from narra_dagster import avio
 from narra_dagster.chunking import chunk_segments
 from narra_dagster.ingest import store_upload
-from narra_dagster.resources import FasterWhisperTranscriber, LanceSearchIndex, LocalMediaStore, OnnxTextEmbedder
+from narra_dagster.resources import FasterWhisperTranscriber, LanceSearchIndex, LocalMediaStore, Ct2TextEmbedder
 from narra_dagster.resources.search_index import IndexRow
 import lancedb
 t = {"imports_s": time.perf_counter() - t0}
 def lap(name, start):
     t[name] = time.perf_counter() - start
-s = time.perf_counter(); tr = FasterWhisperTranscriber(); tr._ensure_loaded(); em = OnnxTextEmbedder(); em._ensure_loaded(); lap("model_load_s", s)
+s = time.perf_counter(); tr = FasterWhisperTranscriber(); tr._ensure_loaded(); em = Ct2TextEmbedder(); em._ensure_loaded(); lap("model_load_s", s)
 store, index = LocalMediaStore(), LanceSearchIndex()
 s = time.perf_counter(); up = store_upload(Path(sys.argv[1]), store); key = up.partition_key; lap("ingest_s", s)
 s = time.perf_counter(); avio.probe(store.local_path(key, "source")); lap("probe_s", s)

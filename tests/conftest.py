@@ -17,7 +17,7 @@ from narra_dagster.resources import (
     LanceSearchIndex,
     LocalMediaStore,
     OnnxImageClassifier,
-    OnnxTextEmbedder,
+    Ct2TextEmbedder,
     RapidOcrEngine,
 )
 from narra_dagster.sample_media import make_talking_video
@@ -69,8 +69,8 @@ def transcriber() -> FasterWhisperTranscriber:
 
 
 @pytest.fixture(scope="session")
-def embedder() -> OnnxTextEmbedder:
-    model = OnnxTextEmbedder()
+def embedder() -> Ct2TextEmbedder:
+    model = Ct2TextEmbedder()
     model._ensure_loaded()
     return model
 

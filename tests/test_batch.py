@@ -83,7 +83,7 @@ def test_many_items_in_one_run_each_recorded_and_a_bad_one_fails_alone(
 
 
 def test_thread_settings_follow_the_environment(monkeypatch):
-    from narra_dagster.resources import FasterWhisperTranscriber, OnnxTextEmbedder
+    from narra_dagster.resources import Ct2TextEmbedder, FasterWhisperTranscriber, OnnxTextEmbedder
     from narra_dagster.threads import allow_spinning, cpu_cores, model_threads
 
     monkeypatch.delenv("NARRA_THREADS", raising=False)
@@ -92,6 +92,7 @@ def test_thread_settings_follow_the_environment(monkeypatch):
     assert not allow_spinning(cpu_cores())
     monkeypatch.setenv("NARRA_THREADS", "1")
     assert OnnxTextEmbedder().threads == 1 and FasterWhisperTranscriber().threads == 1
+    assert Ct2TextEmbedder().threads == 1
     monkeypatch.setenv("NARRA_THREADS", "zero")
     try:
         model_threads()

@@ -94,3 +94,30 @@ def test_embeddings_are_unit_float32_and_meaningful(embedder):
     # Batching must not change results (padding is masked out of the mean).
     one_by_one = np.vstack([embedder.embed([t]) for t in texts])
     np.testing.assert_allclose(one_by_one, vectors, atol=2e-3)
+
+
+def test_int8_embedder_agrees_with_float_weights_on_real_text(embedder):
+    """The default embedder (CTranslate2 int8 products) against the ONNX file, whose int8 weights
+    are multiplied in float32 (cosine 0.9999 to float32): sentences of a Debian PDF."""
+    import re
+
+    from pypdf import PdfReader
+
+    from narra_dagster.resources import OnnxTextEmbedder
+
+    text = " ".join(page.extract_text() or "" for page in
+                    PdfReader("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf").pages[:8])
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", text))
+                 if len(s.split()) >= 4][:120]
+    assert len(sentences) >= 60
+    cosine = np.sum(embedder.embed(sentences) * OnnxTextEmbedder().embed(sentences), axis=1)
+    assert cosine.mean() >= 0.98 and cosine.min() >= 0.95, (cosine.mean(), cosine.min())
+
+
+def test_ct2_embedder_explains_a_bad_setting(tmp_path):
+    from narra_dagster.resources import Ct2TextEmbedder
+
+    with pytest.raises(FileNotFoundError, match="model.bin"):
+        Ct2TextEmbedder(model_dir=str(tmp_path)).embed(["x"])
+    with pytest.raises(ValueError, match="compute_type"):
+        Ct2TextEmbedder(compute_type="float16").embed(["x"])

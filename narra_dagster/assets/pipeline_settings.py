@@ -77,7 +77,7 @@ with warnings.catch_warnings():
                                                  "model_name": transcriber.model_name})
 
 
-    @dg.observable_source_asset(key=EMBEDDING_MODEL, group_name=GROUP, kinds={"onnx"})
+    @dg.observable_source_asset(key=EMBEDDING_MODEL, group_name=GROUP, kinds={"ctranslate2"})
     def embedding_model(embedder: TextEmbedder) -> dg.ObserveResult:
         """The text embedding model configured for ``video_chunk_embeddings``; its data version
         changes when another model, tokenizer or token limit is configured."""

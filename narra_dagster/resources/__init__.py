@@ -1,6 +1,6 @@
 """Resources: media store, transcriber, text embedder, OCR, search index (interfaces + backends)."""
 
-from narra_dagster.resources.embedder import OnnxTextEmbedder, TextEmbedder
+from narra_dagster.resources.embedder import Ct2TextEmbedder, OnnxTextEmbedder, TextEmbedder
 from narra_dagster.resources.image_index import ImageIndex, LanceImageIndex
 from narra_dagster.resources.media_store import LocalMediaStore, MediaStore
 from narra_dagster.resources.ocr import OcrEngine, OcrLine, RapidOcrEngine
@@ -14,7 +14,7 @@ from narra_dagster.resources.transcriber import (
 
 __all__ = [
     "FasterWhisperTranscriber", "ImageClassifier", "ImageIndex", "LanceImageIndex", "LanceSearchIndex", "LocalMediaStore", "MediaStore",
-    "OcrEngine", "OcrLine", "OnnxImageClassifier", "OnnxTextEmbedder", "OpenAIWhisperTranscriber", "RapidOcrEngine", "Recognition", "SearchIndex", "TextEmbedder", "Transcriber",
+    "Ct2TextEmbedder", "OcrEngine", "OcrLine", "OnnxImageClassifier", "OnnxTextEmbedder", "OpenAIWhisperTranscriber", "RapidOcrEngine", "Recognition", "SearchIndex", "TextEmbedder", "Transcriber",
     "default_resources",
 ]
 
@@ -32,7 +32,7 @@ def default_resources() -> dict:
     return {
         "media_store": LocalMediaStore(),
         "transcriber": FasterWhisperTranscriber(),
-        "embedder": OnnxTextEmbedder(),
+        "embedder": Ct2TextEmbedder(),
         "search_index": LanceSearchIndex(),
         "ocr": RapidOcrEngine(),
         "image_classifier": OnnxImageClassifier(),
