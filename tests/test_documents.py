@@ -187,9 +187,13 @@ def test_debian_pdfs_are_split_indexed_and_found_on_the_right_page(corpus, embed
     cases = [("many applications and filesystems do not support extended attributes", spec, 14),
              ("The NULL constant can be used for the variable initialization", tasn1, 7)]
     for query, key, page in cases:
-        hit = index.search(query, embedder.embed([query])[0], limit=10)[0]
-        assert (hit.media_id, hit.kind, hit.page) == (key, "document", page), (query, hit)
-        assert hit.start_s is None and hit.box is None
+        # The same best hit at every limit: fusion ranks 50 candidates per side, then cuts
+        # (at limit 3, fusing 3 per side once put p. 20 ahead of p. 7).
+        for limit in (10, 3, 1):
+            hit = index.search(query, embedder.embed([query])[0], limit=limit)[0]
+            assert (hit.media_id, hit.kind, hit.page) == (key, "document", page), (query, limit, hit)
+            assert hit.start_s is None and hit.box is None
+        assert len(index.search(query, embedder.embed([query])[0], limit=3)) == 3
 
     summary = _metadata(spec_result, "document_summary")
     assert summary["sentences_considered"] > 50

@@ -50,6 +50,7 @@ from narra_dagster.media import is_partition_key
 from narra_dagster.resources.embedder import EMBEDDING_DIM
 from narra_dagster.resources.index_lock import write_lock
 
+CANDIDATES = 50  # rows per side of a hybrid search before fusion
 TABLE = "chunks"
 
 SCHEMA = pa.schema(
@@ -450,7 +451,10 @@ class LanceSearchIndex(SearchIndex):
         if kind:
             q = q.where(f"kind = '{kind}'", prefilter=True)
         hits = []
-        for row in q.limit(limit).to_list():
+        # Each side (vector, BM25) returns CANDIDATES rows before reciprocal-rank fusion, then the
+        # fused list is cut to ``limit``: fusing only ``limit`` rows per side let ties at a
+        # small limit (3) put a weaker page ahead of the one holding the phrase.
+        for row in q.limit(max(limit, CANDIDATES)).to_list()[:limit]:
             words = json.loads(row.get("words") or "[]")
             located = locate_phrase(query, words)
             start, end = located if located else (row["start_s"], row["end_s"])
