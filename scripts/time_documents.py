@@ -129,7 +129,8 @@ def main() -> None:
             for path in inputs:
                 runs.setdefault(path.name, []).append(time_pdf(path, embedder, ocr))
             runs.setdefault("caption.mp4 (frames)", []).append(time_frames(video, ocr))
-    # How loaded the machine was: the lead measured about 877 short sentences/s on an idle one.
+    # How loaded the machine was: about 508 short sentences/s through the default embedder
+    # (CTranslate2 int8) on an idle machine here, 2026-11-21; the ONNX file ran 377.
     started = time.perf_counter()
     embedder.embed(["A fresh cup of coffee is waiting on the kitchen table."] * 256)
     calibration = 256 / (time.perf_counter() - started)
@@ -140,7 +141,7 @@ def main() -> None:
                           else f"{k}={v}" for k, v in values.items())
         print(f"{name}: {cells}")
     print(f"calibration: {calibration:.0f} short sentences/s through the embedder "
-          "(about 877 on an idle 2-core machine here)")
+          "(about 508 on an idle 2-core machine here)")
     if args.json:
         args.json.write_text(json.dumps({**figures, "calibration_sentences_per_s": calibration},
                                         indent=1))
