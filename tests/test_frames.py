@@ -30,11 +30,31 @@ WORD = "LIGHTHOUSE"
 APPEARS_S = 3.0
 
 
+
+def _write_h264(out, frames, fps: int, size: tuple[int, int], options: dict | None = None):
+    """Encode RGB uint8 frames ([height, width, 3], ``size`` = (width, height) pixels) at ``fps``
+    as an H.264 MP4 without audio; returns ``out``."""
+    import av
+
+    with av.open(str(out), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        if options:
+            stream.options = options
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out
+
 def make_text_video(out: Path, *, word: str = WORD, appears_s: float = APPEARS_S,
                     duration_s: float = 6.0, fps: int = 10, x264_params: str | None = None) -> Path:
     """An H.264 MP4 (640x360, no audio) of a striped blue background on which ``word`` is drawn
     in white DejaVu Sans Bold, 56 px, from ``appears_s`` to the end."""
-    import av
 
     size = (640, 360)
     font = ImageFont.truetype(str(BOLD), 56)
@@ -45,19 +65,9 @@ def make_text_video(out: Path, *, word: str = WORD, appears_s: float = APPEARS_S
     captioned = background.copy()
     ImageDraw.Draw(captioned).text((60, 150), word, fill=(255, 255, 255), font=font)
     plain, text = np.asarray(background), np.asarray(captioned)
-    with av.open(str(out), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "28", **({"x264-params": x264_params} if x264_params else {})}
-        for i in range(int(duration_s * fps)):
-            frame = av.VideoFrame.from_ndarray(text if i / fps >= appears_s else plain, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return out
+    frames = (text if i / fps >= appears_s else plain for i in range(int(duration_s * fps)))
+    return _write_h264(out, frames, fps, size,
+                       {"crf": "28", **({"x264-params": x264_params} if x264_params else {})})
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +156,6 @@ def test_word_on_a_frame_is_found_by_narra_search_at_its_second(text_video, home
 
 def make_slide_show(out: Path, photos: list[str], seconds_each: float = 2.0, fps: int = 4) -> Path:
     """A silent H.264 MP4 (320x240) showing scikit-image photos one after another."""
-    import av
     from skimage import data
 
     slides = []
@@ -156,18 +165,8 @@ def make_slide_show(out: Path, photos: list[str], seconds_each: float = 2.0, fps
         canvas = Image.new("RGB", (320, 240), (16, 16, 16))
         canvas.paste(picture, ((320 - picture.width) // 2, (240 - picture.height) // 2))
         slides.append(np.asarray(canvas))
-    with av.open(str(out), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        per = int(seconds_each * fps)
-        for i in range(per * len(slides)):
-            frame = av.VideoFrame.from_ndarray(slides[i // per], format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return out
+    per = int(seconds_each * fps)
+    return _write_h264(out, (slides[i // per] for i in range(per * len(slides))), fps, (320, 240))
 
 
 def test_frame_label_text_keeps_the_top_label_and_likely_ones():
