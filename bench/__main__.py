@@ -105,7 +105,7 @@ def main() -> int:
     results["corpus"] = corpus
 
     from bench import models, overhead, search
-    from narra_dagster.batch import stages_for_kind
+    from narra_dagster.core.batch import stages_for_kind
 
     if wants("overhead"):
         sec = "1 overhead"
@@ -135,7 +135,7 @@ def main() -> int:
                       "s/item", "< 1 s", r["overhead_per_item_s"] < 1.0)
             table.add(sec, "  photos wall Dagster / plain", f"{r['dagster_wall_s']:.1f} / {r['plain_wall_s']:.1f}", "s")
         else:
-            o["photos"] = "skipped: narra_dagster.assets.image has no STAGES (image chain not merged)"
+            o["photos"] = "skipped: narra_dagster.defs.image.assets has no STAGES (image chain not merged)"
             table.add(sec, "photos", "skipped", "", "< 1 s/item (needs the image chain)")
         if stages_for_kind("document") and corpus["pdfs"]:
             o["pdfs"] = overhead.process_vs_plain("pdfs", "document", corpus["pdfs"], work)

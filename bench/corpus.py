@@ -1,6 +1,6 @@
 """The benchmark's corpus, built from real sources (MODELS.md) and cached in the work folder.
 
-- short videos: espeak-ng speech (narra_dagster.sample_media) over scikit-image photos, one or two
+- short videos: espeak-ng speech (tests.support.media) over scikit-image photos, one or two
   sentences each (about 4-8 s);
 - one long video: a dozen sentences repeated until the speech lasts ``long_s`` seconds (5 min by
   default), at 1 frame/s and 160x120 pixels so the file stays small (about 2 MB);
@@ -37,7 +37,7 @@ PDFS = [Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf"),
 
 
 def short_videos(folder: Path, count: int) -> list[Path]:
-    from narra_dagster.sample_media import make_talking_video
+    from tests.support.media import make_talking_video
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -56,7 +56,7 @@ def short_videos(folder: Path, count: int) -> list[Path]:
 
 
 def long_video(folder: Path, seconds: float) -> Path:
-    from narra_dagster.sample_media import _AUDIO_RATE, make_talking_video, synthesize_speech
+    from tests.support.media import _AUDIO_RATE, make_talking_video, synthesize_speech
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"long_{int(seconds)}s.mp4"
@@ -126,7 +126,7 @@ def pdfs(folder: Path) -> list[Path]:
 
 
 def duration_s(path: Path) -> float:
-    from narra_dagster import avio
+    from narra_dagster.defs.video import avio
 
     return float(avio.probe(path)["duration_s"])
 

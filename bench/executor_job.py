@@ -16,7 +16,7 @@ started = time.perf_counter()
 
 import dagster as dg  # noqa: E402
 
-PRELOAD = ["narra_dagster.definitions", "narra_dagster.assets.video", "lancedb", "faster_whisper",
+PRELOAD = ["narra_dagster.definitions", "narra_dagster.defs.video.assets", "lancedb", "faster_whisper",
            "onnxruntime", "tokenizers", "av"]
 
 
@@ -34,7 +34,7 @@ def _executor():
 
 
 def video_job() -> dg.JobDefinition:
-    from narra_dagster.assets.video import video_assets
+    from narra_dagster.defs.video.assets import video_assets
     from narra_dagster.resources import default_resources
 
     job = dg.define_asset_job("video_pipeline", selection=dg.AssetSelection.groups("video"),
@@ -46,7 +46,7 @@ def video_job() -> dg.JobDefinition:
 def main(path: str) -> dict:
     from pathlib import Path
 
-    from narra_dagster.ingest import store_upload
+    from narra_dagster.core.intake import store_upload
     from narra_dagster.resources import LocalMediaStore
 
     instance = dg.DagsterInstance.get()

@@ -28,7 +28,7 @@ from bench.common import log
 
 
 def _audio(video: Path, work: Path, seconds: float | None) -> np.ndarray:
-    from narra_dagster import avio
+    from narra_dagster.defs.video import avio
 
     wav = work / "audio" / (video.stem + ".wav")
     wav.parent.mkdir(parents=True, exist_ok=True)

@@ -110,7 +110,7 @@ def executors(clip: str, work: Path, modes=("in_process", "multiprocess", "forks
 
 
 def _last_asset(kind: str):
-    from narra_dagster.batch import stages_for_kind
+    from narra_dagster.core.batch import stages_for_kind
 
     return stages_for_kind(kind)[-1][0].key
 
@@ -129,7 +129,7 @@ def daemon_pipeline(kind: str, latency_file: str, files: list[str], work: Path,
     at once and time them all; stop the daemon."""
     import dagster as dg
 
-    from narra_dagster.media import partition_key_for
+    from narra_dagster.core.media import partition_key_for
 
     env = fresh_home(work / "homes", f"daemon-{kind}")
     home = Path(env["NARRA_HOME"])

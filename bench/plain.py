@@ -17,15 +17,15 @@ started = time.perf_counter()
 
 import dagster as dg  # noqa: E402
 
-from narra_dagster.batch import stages_for_kind  # noqa: E402
-from narra_dagster.ingest import store_upload  # noqa: E402
+from narra_dagster.core.batch import stages_for_kind  # noqa: E402
+from narra_dagster.core.intake import store_upload  # noqa: E402
 from narra_dagster.resources import default_resources  # noqa: E402
 
 
 def main(kind: str, files: list[str]) -> dict:
     from pathlib import Path
 
-    from narra_dagster.batch import _stage_kwargs
+    from narra_dagster.core.batch import _stage_kwargs
 
     stages = stages_for_kind(kind)
     imported = time.perf_counter()

@@ -26,18 +26,15 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 
 
 def _instance():
-    import dagster as dg
+    from narra_dagster.app.runtime import open_instance
 
-    from narra_dagster import settings
-
-    settings.ensure_dagster_home()
-    return dg.DagsterInstance.get()
+    return open_instance()
 
 
 def _defs():
-    from narra_dagster.definitions import build_defs
+    from narra_dagster.app.runtime import load_definitions
 
-    return build_defs()
+    return load_definitions()
 
 
 @app.command()
@@ -56,7 +53,7 @@ def process(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from narra_dagster.operations import expand_paths, process_files
+    from narra_dagster.app.processing import expand_paths, process_files
 
     instance = _instance()
     files = expand_paths(paths)
@@ -90,7 +87,7 @@ def ingest(paths: Paths, as_json: JsonFlag = False) -> None:
     The registered partitions appear in the UI at once; run them with a backfill of the
     `video_pipeline` job (UI or `dagster job backfill`), or with `narra process`.
     """
-    from narra_dagster.operations import expand_paths, register
+    from narra_dagster.app.processing import expand_paths, register
 
     instance = _instance()
     store = _defs().resources["media_store"]
@@ -107,7 +104,8 @@ def ingest(paths: Paths, as_json: JsonFlag = False) -> None:
 @app.command()
 def search(
     query: Annotated[Optional[str], typer.Argument(help="What to look for, in words.")] = None,
-    kind: Annotated[Optional[str], typer.Option(help="video, image or document.")] = None,
+    kind: Annotated[Optional[str], typer.Option(
+        help="Only hits of this media kind (an unknown one is answered with the list).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 10,
     image: Annotated[Optional[Path], typer.Option(
         "--image", help="Find the stored images most similar to this picture (not ingested).",
@@ -123,9 +121,16 @@ def search(
     if not query:
         err.print("give a query, or --image PATH")
         raise typer.Exit(2)
+    from narra_dagster.app.queries import search_text
+    from narra_dagster.registry import UnknownKindError
+
     resources = _defs().resources
-    embedder, index = resources["embedder"], resources["search_index"]
-    hits = index.search(query, embedder.embed([query])[0], kind=kind, limit=limit)
+    try:
+        hits = search_text(query, embedder=resources["embedder"],
+                           search_index=resources["search_index"], kind=kind, limit=limit)
+    except UnknownKindError as exc:
+        err.print(escape(str(exc)))
+        raise typer.Exit(2) from None
     if as_json:
         out.print_json(json.dumps([h.model_dump() for h in hits]))
         return
@@ -164,8 +169,8 @@ def _print_hits(hits) -> None:
 
 
 def _search_image(path: Path, limit: int, as_json: bool) -> None:
-    from narra_dagster.assets.image import find_similar_images
-    from narra_dagster.errors import BadInputError
+    from narra_dagster.app.queries import find_similar_images
+    from narra_dagster.core.errors import BadInputError
 
     resources = _defs().resources
     try:
@@ -191,7 +196,9 @@ def catalog(
     as_json: JsonFlag = False,
 ) -> None:
     """The image catalog: every image filed by category, capture date and camera."""
-    rows = _defs().resources["image_index"].catalog(category=category)
+    from narra_dagster.app.queries import image_catalog
+
+    rows = image_catalog(image_index=_defs().resources["image_index"], category=category)
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -210,7 +217,7 @@ def status(
     as_json: JsonFlag = False,
 ) -> None:
     """Per partition: each asset's last materialization, and the last run's outcome or error."""
-    from narra_dagster.operations import partition_status
+    from narra_dagster.app.status import partition_status
 
     items = partition_status(_instance(), _defs(), media_id)
     if as_json:
@@ -240,7 +247,7 @@ def health(
     Exit code 0 healthy, 1 degraded (daemon or a sensor down: nothing new is picked up),
     2 unhealthy (instance, storage or models unusable).
     """
-    from narra_dagster.health import check_health, unreachable_report
+    from narra_dagster.app.health import check_health, unreachable_report
 
     try:
         instance = _instance()
@@ -268,7 +275,7 @@ def serve_health(
     heartbeat_tolerance: Annotated[float, typer.Option(help="Oldest acceptable daemon heartbeat (s).")] = 90.0,
 ) -> None:
     """Serve /health, /readiness and /metrics (Prometheus) over HTTP until interrupted."""
-    from narra_dagster.health_server import HealthService, make_server
+    from narra_dagster.app.health_server import HealthService, make_server
 
     server = make_server(HealthService(_instance(), _defs(), cache_s=cache, models=models,
                                          heartbeat_tolerance_s=heartbeat_tolerance), host, port)

@@ -1,31 +1,20 @@
-"""The Dagster definitions of narra: assets, checks, jobs, sensors and resources."""
+"""The Dagster definitions of narra, assembled the way Dagster's ``dg`` scaffold does.
+
+Everything under ``narra_dagster/defs/`` is loaded by :func:`dagster.load_from_defs_folder`: each
+media kind's folder contributes its stages and its jobs (``defs/<kind>/kind.py``), ``search/``
+the index upkeep and the pipeline settings, ``intake/`` the inbox sensor, ``events/`` the domain
+events sensor. This module only adds what is project-wide: the resources, the executor, and the
+S3 upload sensor when an S3 inbox is configured.
+"""
+
+from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import dagster as dg
 
-from narra_dagster.assets.document import document_assets
-from narra_dagster.assets.frames import frame_assets
-from narra_dagster.assets.image import image_assets
-from narra_dagster.assets.models import model_assets
-from narra_dagster.assets.pipeline_settings import (
-    settings_assets,
-    settings_observation_job,
-    settings_schedule,
-)
-from narra_dagster.assets.search import (
-    search_assets,
-    search_index_maintenance_job,
-    search_index_maintenance_schedule,
-)
-from narra_dagster.assets.video import video_assets
-from narra_dagster.assets.video_enrichment import enrichment_assets
-from narra_dagster.batch import batch_jobs
-from narra_dagster.jobs import JOBS_BY_KIND
 from narra_dagster.resources import default_resources
-from narra_dagster.sensors.events import domain_events_sensor
-from narra_dagster.sensors.s3_upload import s3_upload_sensor
-from narra_dagster.sensors.upload import upload_sensor
 
 
 def executor_from_env() -> dg.ExecutorDefinition:
@@ -35,6 +24,9 @@ def executor_from_env() -> dg.ExecutorDefinition:
     ``NARRA_CELERY_BACKEND`` (default: the broker). Both are read from the environment when the
     run starts, never written to a file. Steps on other hosts need shared storage: the S3 media
     store and index (``NARRA_S3_BUCKET``)."""
+    # A kind's chain is nearly linear, so steps gain nothing from separate processes; running
+    # them in the run's own process imports the ML libraries and loads each model once per run
+    # instead of once per step. Parallelism comes from runs.
     if os.environ.get("NARRA_EXECUTOR", "in_process") != "celery":
         return dg.in_process_executor
     from dagster_celery import celery_executor
@@ -44,29 +36,41 @@ def executor_from_env() -> dg.ExecutorDefinition:
                                        "backend": {"env": backend}})
 
 
+def load_defs_folder() -> dg.Definitions:
+    """Every definition under ``narra_dagster/defs/``, found by Dagster's defs-folder loader.
+
+    ``load_from_defs_folder`` finds the project from ``pyproject.toml``'s ``[tool.dg]``; an
+    installed wheel has no ``pyproject.toml``, so there the same component tree is built from
+    the package itself.
+    """
+    import narra_dagster.defs
+
+    here = Path(__file__).resolve().parent
+    if (here.parent / "pyproject.toml").exists():
+        return dg.load_from_defs_folder(path_within_project=here)
+    return dg.ComponentTree.from_module(defs_module=narra_dagster.defs,
+                                        project_root=here).build_defs()
+
+
 def build_defs(resources: dict | None = None) -> dg.Definitions:
     """Assemble the definitions; ``resources`` overrides the defaults by key.
 
     Default resources read NARRA_HOME when this is called, so a caller that changes the
     environment (a test, the CLI) builds its own.
     """
-    # A video's chain is linear, so steps gain nothing from separate processes; running them in
-    # the run's own process imports the ML libraries and loads each model once per run instead
-    # of once per step. Parallelism comes from runs (the queued coordinator runs two at once).
     resources = {**default_resources(), **(resources or {})}
-    sensors = [upload_sensor, domain_events_sensor]
+    extra: list[dg.SensorDefinition] = []
     if "s3_inbox" in resources:
-        sensors.append(s3_upload_sensor)
-    return dg.Definitions(
-        assets=[*video_assets, *enrichment_assets, *frame_assets, *image_assets,
-                *document_assets, *model_assets, *settings_assets, *search_assets],
-        jobs=[*JOBS_BY_KIND.values(), *batch_jobs(), settings_observation_job,
-              search_index_maintenance_job],
-        schedules=[settings_schedule, search_index_maintenance_schedule],
-        sensors=sensors,
-        resources=resources,
-        executor=executor_from_env(),
+        from narra_dagster.defs.intake.s3_sensor import build_s3_upload_sensor
+
+        extra.append(build_s3_upload_sensor())
+    return dg.Definitions.merge(
+        load_defs_folder(),
+        dg.Definitions(sensors=extra, resources=resources, executor=executor_from_env()),
     )
 
 
-defs = build_defs()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location: ``dagster dev -m narra_dagster.definitions``, ``dg check defs``."""
+    return build_defs()

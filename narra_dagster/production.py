@@ -21,7 +21,7 @@ import sys
 
 import dagster as dg
 
-from narra_dagster import pools
+from narra_dagster.core import pools
 
 
 def pool_limits() -> dict[str, int]:

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from narra_dagster.sample_media import make_talking_video, timeline_json
+from tests.support.media import make_talking_video, timeline_json
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parents[1] / "samples" / "sample_video.mp4")
 timeline = make_talking_video(out)

@@ -18,7 +18,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from narra_dagster.imaging import hamming, perceptual_hashes
+from narra_dagster.defs.image.imaging import hamming, perceptual_hashes
 from narra_dagster.resources import OnnxImageClassifier
 
 NAMES = ["astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "colorwheel",

@@ -1,6 +1,6 @@
 """Per-page and per-frame times of the PDF and video-frame stages, on real inputs.
 
-Calls the same functions the assets call (narra_dagster.pdf, narra_dagster.keyframes, the OCR
+Calls the same functions the assets call (narra_dagster.defs.document.pdf, narra_dagster.defs.video.keyframes, the OCR
 and embedder resources), in one process, models loaded once before timing. Prints one table;
 ``--json PATH`` also writes the figures.
 
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from narra_dagster import keyframes, pdf
+from narra_dagster.defs.video import keyframes
+from narra_dagster.defs.document import pdf
 from narra_dagster.resources import Ct2TextEmbedder, RapidOcrEngine
-from narra_dagster.summarize import split_sentences
+from narra_dagster.core.summarize import split_sentences
 
 DEBIAN_PDFS = [Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf"),
                Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")]

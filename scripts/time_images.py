@@ -39,7 +39,8 @@ def main() -> None:
         import skimage.data
         from PIL import Image
 
-        from narra_dagster import imaging, settings
+        from narra_dagster import settings
+from narra_dagster.defs.image import imaging
         from narra_dagster.resources import OnnxImageClassifier, RapidOcrEngine
 
         started = time.perf_counter()
@@ -82,7 +83,7 @@ def main() -> None:
         import dagster as dg
 
         from narra_dagster.definitions import build_defs
-        from narra_dagster.operations import process_files
+        from narra_dagster.app.processing import process_files
 
         settings.ensure_dagster_home()
         defs = build_defs({"image_classifier": classifier, "ocr": ocr})

@@ -18,9 +18,9 @@ PLAIN = r'''
 import json, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
-from narra_dagster import avio
-from narra_dagster.chunking import chunk_segments
-from narra_dagster.ingest import store_upload
+from narra_dagster.defs.video import avio
+from narra_dagster.defs.video.chunking import chunk_segments
+from narra_dagster.core.intake import store_upload
 from narra_dagster.resources import FasterWhisperTranscriber, LanceSearchIndex, LocalMediaStore, Ct2TextEmbedder
 from narra_dagster.resources.search_index import IndexRow
 import lancedb

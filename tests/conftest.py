@@ -10,8 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from narra_dagster.assets.video import video_assets
-from narra_dagster.ingest import store_upload
+from tests.support.chains import video_assets
+from narra_dagster.core.intake import store_upload
 from narra_dagster.resources import (
     FasterWhisperTranscriber,
     LanceSearchIndex,
@@ -20,8 +20,8 @@ from narra_dagster.resources import (
     Ct2TextEmbedder,
     RapidOcrEngine,
 )
-from narra_dagster.sample_media import make_talking_video
-from narra_dagster.sensors.upload import LocalInbox
+from tests.support.media import make_talking_video
+from narra_dagster.resources.inbox import LocalInbox
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_VIDEO = REPO / "samples" / "sample_video.mp4"

@@ -4,12 +4,14 @@ failing alone with its classified error, and the UI's partition status counting 
 import dagster as dg
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
-from narra_dagster.assets.video import CHECK_INDEX_ROWS, video_index_rows
-from narra_dagster.batch import BATCH_TAG, batch_jobs, stages_for_kind
+from narra_dagster.defs.video.assets import CHECK_INDEX_ROWS, video_index_rows
+from narra_dagster import registry
+from narra_dagster.core.batch import BATCH_TAG
 from narra_dagster.definitions import build_defs
-from narra_dagster.operations import partition_status, process_files
-from narra_dagster.partitions import videos
-from narra_dagster.sample_media import make_talking_video
+from narra_dagster.app.processing import process_files
+from narra_dagster.app.status import partition_status
+from narra_dagster.defs.video.partitions import videos
+from tests.support.media import make_talking_video
 
 
 def _status(instance, asset_key):
@@ -20,7 +22,7 @@ def _status(instance, asset_key):
 
 
 def test_batch_job_exists_for_each_kind_with_stages():
-    assert [job.name for job in batch_jobs()][:1] == ["video_batch"]
+    assert [kind.batch_job.name for kind in registry.KINDS][:1] == ["video_batch"]
 
 
 def test_many_items_in_one_run_each_recorded_and_a_bad_one_fails_alone(
@@ -47,14 +49,14 @@ def test_many_items_in_one_run_each_recorded_and_a_bad_one_fails_alone(
     good = [by_name[c.name] for c in clips] + [by_name[silent_clip.name]]
     assert all(r.status == "succeeded" for r in good), [(r.source_name, r.error) for r in good]
     # Every stage of the video group: transcript chain, keyframes and frame text, enrichment.
-    assert set(good[0].steps) == {asset.key.to_user_string() for asset, _ in stages_for_kind("video")}
+    assert set(good[0].steps) == {stage.name for stage in registry.get("video").stages}
     assert {"video_index_rows", "video_frame_index_rows", "video_enrichment"} <= set(good[0].steps)
     bad = by_name["fake.mp4"]
     assert bad.status == "failed" and bad.error_class == "not_media", bad
     assert "video_source" in bad.error
 
     good_keys = {r.partition_key for r in good}
-    for asset, _ in stages_for_kind("video"):
+    for asset in registry.get("video").stage_set.assets:
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=list(good_keys)), limit=50
         ).records
@@ -84,7 +86,7 @@ def test_many_items_in_one_run_each_recorded_and_a_bad_one_fails_alone(
 
 def test_thread_settings_follow_the_environment(monkeypatch):
     from narra_dagster.resources import Ct2TextEmbedder, FasterWhisperTranscriber, OnnxTextEmbedder
-    from narra_dagster.threads import allow_spinning, cpu_cores, model_threads
+    from narra_dagster.core.threads import allow_spinning, cpu_cores, model_threads
 
     monkeypatch.delenv("NARRA_THREADS", raising=False)
     monkeypatch.setenv("NARRA_PARALLEL_RUNS", "2")

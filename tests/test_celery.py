@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from narra_dagster.assets.video import video_assets
+from tests.support.chains import video_assets
 
 from .conftest import REPO, subprocess_env
 from .services import REDIS_URL, require_redis, wait_for

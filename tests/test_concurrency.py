@@ -22,7 +22,7 @@ import dagster as dg
 import lancedb
 import pytest
 
-from narra_dagster import pools
+from narra_dagster.core import pools
 from narra_dagster.production import apply_pool_limits
 from narra_dagster.resources import LanceSearchIndex, LocalMediaStore
 from narra_dagster.resources.index_lock import write_lock
@@ -41,7 +41,7 @@ def _index_run(dagster_home: str, env: dict, media: str, index: str, key: str, b
     os.environ.update(env)
     import dagster as dg
 
-    from narra_dagster.assets.video import video_index_rows
+    from narra_dagster.defs.video.assets import video_index_rows
     from narra_dagster.resources import LanceSearchIndex, LocalMediaStore
 
     index_resource = LanceSearchIndex(uri=index)

@@ -18,13 +18,13 @@ import dagster as dg
 import lancedb
 import pytest
 
-from narra_dagster import pools
-from narra_dagster.assets.video import video_assets
+from narra_dagster.core import pools
+from tests.support.chains import video_assets
 from narra_dagster.definitions import build_defs
-from narra_dagster.events import JsonlEventSink
-from narra_dagster.jobs import chain_for_kind
+from narra_dagster.resources.events import JsonlEventSink
+from tests.support.chains import chain_for_kind
 from narra_dagster.production import apply_pool_limits
-from narra_dagster.sample_media import make_talking_video
+from tests.support.media import make_talking_video
 
 from .conftest import SPEECH_PHOTOS, SPEECH_SENTENCES, subprocess_env
 from .services import daemon, pg_database, pg_env, production_dagster_home, wait_for
@@ -135,7 +135,7 @@ def test_sigkill_during_transcription_recovers_cleanly(home, tmp_path, monkeypat
 
 
 def test_an_interrupted_write_leaves_the_old_artifact_and_rows(home, resources, speech_video, instance):
-    from narra_dagster.ingest import store_upload
+    from narra_dagster.core.intake import store_upload
     from narra_dagster.resources import LanceSearchIndex
 
     from .conftest import ingest_and_materialize

@@ -8,8 +8,8 @@ import time
 import dagster as dg
 import pytest
 
-from narra_dagster.assets.video import video_assets
-from narra_dagster.sample_media import make_talking_video
+from tests.support.chains import video_assets
+from tests.support.media import make_talking_video
 
 from .conftest import REPO, subprocess_env
 from .services import daemon

@@ -21,7 +21,10 @@ def test_definitions_load(home):
         "video_chunk_embeddings", "video_index_rows", "search_index_maintenance",
         "transcription_model", "embedding_model", "chunking_settings"}
     assert defs.resolve_job_def("video_batch").name == "video_batch"
-    assert defs.resolve_schedule_def("search_index_maintenance_daily").cron_schedule == "30 3 * * *"
+    # Upkeep and settings observation run on automation conditions, evaluated by one sensor.
+    maintenance = graph.get(dg.AssetKey("search_index_maintenance"))
+    assert "30 3 * * *" in str(maintenance.automation_condition)
+    assert defs.resolve_sensor_def("narra_automation_sensor")
     assert {c.name for c in graph.asset_check_keys} >= {
         "transcript_confidence", "embeddings_shape_and_norm", "index_rows_match_chunks"}
     assert str(home) in defs.resources["media_store"].root

@@ -10,13 +10,13 @@ import pypdf
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from narra_dagster import pdf
-from narra_dagster.assets.document import document_assets
-from narra_dagster.errors import BadInputError
-from narra_dagster.ingest import store_upload
-from narra_dagster.operations import run_failure
+from narra_dagster.defs.document import pdf
+from tests.support.chains import document_assets
+from narra_dagster.core.errors import BadInputError
+from narra_dagster.core.intake import store_upload
+from narra_dagster.core.runs import run_failure
 from narra_dagster.resources import LanceSearchIndex, LocalMediaStore
-from narra_dagster.summarize import candidate_phrases
+from narra_dagster.core.summarize import candidate_phrases
 
 from .conftest import check_outcomes as _checks
 from .conftest import materialization_metadata as _metadata
@@ -151,7 +151,7 @@ def test_pypdf_repairs_a_wrong_xref_offset_and_rejects_a_garbled_one(tmp_path):
 
 def test_document_pipeline_job_holds_the_pdf_chain(home):
     from narra_dagster.definitions import build_defs
-    from narra_dagster.jobs import chain_for_kind
+    from tests.support.chains import chain_for_kind
 
     defs = build_defs()
     job = defs.resolve_job_def("document_pipeline")
@@ -276,7 +276,8 @@ def test_upload_sensor_sends_a_pdf_to_the_document_pipeline(instance, tmp_path):
     import shutil
 
     from narra_dagster import PIPELINE_VERSION
-    from narra_dagster.sensors.upload import LocalInbox, upload_sensor
+    from narra_dagster.defs.intake.inbox_sensor import upload_sensor
+    from narra_dagster.resources.inbox import LocalInbox
 
     inbox = LocalInbox(path=str(tmp_path / "inbox"), stable_seconds=0.0)
     store = LocalMediaStore(root=str(tmp_path / "media"))

@@ -5,10 +5,10 @@ import json
 import dagster as dg
 import numpy as np
 
-from narra_dagster.assets.video import video_assets
-from narra_dagster.assets.video_enrichment import video_enrichment
-from narra_dagster.ingest import store_upload
-from narra_dagster.summarize import extractive_summary, mmr
+from tests.support.chains import video_assets
+from narra_dagster.defs.video.enrichment import video_enrichment
+from narra_dagster.core.intake import store_upload
+from narra_dagster.core.summarize import extractive_summary, mmr
 
 from .conftest import SAMPLE_VIDEO
 

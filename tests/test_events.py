@@ -6,12 +6,12 @@ import uuid
 import dagster as dg
 import pytest
 
-from narra_dagster.assets.video import video_assets
+from tests.support.chains import video_assets
 from narra_dagster.definitions import build_defs
-from narra_dagster.events import JsonlEventSink, RedisStreamEventSink, event_id
-from narra_dagster.jobs import chain_for_kind
-from narra_dagster.operations import process_files
-from narra_dagster.sensors.events import domain_events_sensor
+from narra_dagster.resources.events import JsonlEventSink, RedisStreamEventSink, event_id
+from tests.support.chains import chain_for_kind
+from narra_dagster.app.processing import process_files
+from narra_dagster.defs.events.sensor import domain_events_sensor
 
 from .services import REDIS_URL, require_redis
 

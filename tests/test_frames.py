@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from narra_dagster import keyframes
-from narra_dagster.assets.frames import (
-    frame_assets,
+from narra_dagster.defs.video import keyframes
+from narra_dagster.defs.video.frames import (
     frame_label_text,
     frame_text_rows,
+    video_frame_index_rows,
     video_frame_labels,
+    video_frame_text,
     video_keyframes,
 )
-from narra_dagster.assets.video import video_source
-from narra_dagster.ingest import store_upload
+from narra_dagster.defs.video.assets import video_source
+from narra_dagster.core.intake import store_upload
 from narra_dagster.resources import LanceSearchIndex, LocalMediaStore
 
 from .conftest import REPO, subprocess_env
@@ -128,7 +129,7 @@ def test_word_on_a_frame_is_found_by_narra_search_at_its_second(text_video, home
                  "search_index": LanceSearchIndex(uri=str(home / "index")), "ocr": ocr}
     key = store_upload(text_video, resources["media_store"]).partition_key
     instance.add_dynamic_partitions("videos", [key])
-    text_assets = [a for a in frame_assets if a is not video_frame_labels]
+    text_assets = [video_keyframes, video_frame_text, video_frame_index_rows]
     result = dg.materialize([video_source, *text_assets], partition_key=key,
                             resources=resources, instance=instance)
     assert result.success

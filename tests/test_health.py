@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from narra_dagster.definitions import build_defs
-from narra_dagster.health_server import HealthService, make_server
+from narra_dagster.app.health_server import HealthService, make_server
 
 from .conftest import REPO, subprocess_env
 from .services import daemon, free_port, wait_for

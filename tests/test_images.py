@@ -9,6 +9,7 @@ import pytest
 import skimage.data
 
 from narra_dagster.resources.recognizer import OnnxImageClassifier, read_labels
+from tests.support.chains import image_assets
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +67,7 @@ def test_user_model_and_labels_paths(image_classifier, tmp_path):
 
 
 def test_model_asset_exports_the_default_model(home, instance):
-    from narra_dagster.assets.models import CHECK_ONNX_MATCHES_TORCH, image_classifier_onnx
+    from narra_dagster.defs.image.classifier import CHECK_ONNX_MATCHES_TORCH, image_classifier_onnx
     from narra_dagster.resources.recognizer import LABELS_FILE, default_model_path
 
     assert not default_model_path().exists()
@@ -175,8 +176,7 @@ def image_resources(home, embedder, image_classifier) -> dict:
 
 
 def _process(path, res, instance, *, source_name=None):
-    from narra_dagster.assets.image import image_assets
-    from narra_dagster.ingest import store_upload
+    from narra_dagster.core.intake import store_upload
 
     upload = store_upload(path, res["media_store"], source_name=source_name)
     assert upload.kind == "image"
@@ -192,7 +192,8 @@ def _meta(result, asset):
 
 
 def test_photo_runs_the_whole_chain(image_resources, instance, tmp_path):
-    from narra_dagster.assets import image as chain
+    from narra_dagster.defs.image import assets as chain
+    from narra_dagster.defs.image import similarity
 
     path = _save_jpeg(skimage.data.chelsea(), tmp_path / "chelsea.jpg", exif=_camera_exif())
     key, result = _process(path, image_resources, instance)
@@ -233,7 +234,7 @@ def test_photo_runs_the_whole_chain(image_resources, instance, tmp_path):
     hits = index.search("cat", embedder.embed(["cat"])[0], kind="image")
     assert hits and hits[0].media_id == key and hits[0].origin == "image_index_rows"
     rows = index.count(key)
-    again = dg.materialize(chain.image_assets, partition_key=key, resources=image_resources,
+    again = dg.materialize(image_assets, partition_key=key, resources=image_resources,
                            instance=instance)
     assert again.success and index.count(key) == rows
     assert image_resources["image_index"].count() == 1
@@ -243,7 +244,8 @@ def test_photo_runs_the_whole_chain(image_resources, instance, tmp_path):
 def test_exif_orientation_is_applied(image_resources, instance, tmp_path):
     from PIL import Image
 
-    from narra_dagster.assets import image as chain
+    from narra_dagster.defs.image import assets as chain
+    from narra_dagster.defs.image import similarity
 
     exif = Image.Exif()
     exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees clockwise
@@ -257,7 +259,8 @@ def test_exif_orientation_is_applied(image_resources, instance, tmp_path):
 
 
 def test_ocr_reads_rendered_text_and_indexes_it_with_boxes(image_resources, instance, tmp_path):
-    from narra_dagster.assets import image as chain
+    from narra_dagster.defs.image import assets as chain
+    from narra_dagster.defs.image import similarity
 
     key, result = _process(_sign(tmp_path / "sign.png"), image_resources, instance)
     assert result.success
@@ -284,7 +287,8 @@ def test_ocr_reads_rendered_text_and_indexes_it_with_boxes(image_resources, inst
 
 
 def test_near_duplicate_is_flagged_and_different_photos_are_not(image_resources, instance, tmp_path):
-    from narra_dagster.assets import image as chain
+    from narra_dagster.defs.image import assets as chain
+    from narra_dagster.defs.image import similarity
 
     store = image_resources["media_store"]
     original, r1 = _process(_save_jpeg(skimage.data.chelsea(), tmp_path / "cat.jpg"),
@@ -302,7 +306,7 @@ def test_near_duplicate_is_flagged_and_different_photos_are_not(image_resources,
     assert flagged["duplicate_of"] == original and flagged["duplicate"] == "near"
     nearest = flagged["neighbours"][0]
     assert nearest["media_id"] == original
-    assert nearest["cosine_distance"] <= chain.NEAR_DUPLICATE_COSINE
+    assert nearest["cosine_distance"] <= similarity.NEAR_DUPLICATE_COSINE
     assert 0 <= nearest["phash_distance"] <= 64
     shown = _meta(r3, "image_similarity")
     assert shown["duplicate_of"] == original and shown["nearest"] == original
@@ -316,7 +320,7 @@ def test_near_duplicate_is_flagged_and_different_photos_are_not(image_resources,
     # The rocket was compared with the three before it, none of them a duplicate.
     compared = store.read_json(rocket, chain.SIMILARITY)["neighbours"]
     assert {c["media_id"] for c in compared} == {original, other, copy}
-    assert all(c["duplicate"] is None and c["cosine_distance"] > chain.NEAR_DUPLICATE_COSINE
+    assert all(c["duplicate"] is None and c["cosine_distance"] > similarity.NEAR_DUPLICATE_COSINE
                for c in compared)
     # The same pixels in other bytes (the JPEG decoded and saved as PNG) are an exact duplicate.
     from PIL import Image
@@ -326,16 +330,16 @@ def test_near_duplicate_is_flagged_and_different_photos_are_not(image_resources,
     assert r5.success and same not in (original, copy)
     exact = store.read_json(same, chain.SIMILARITY)
     assert exact["duplicate_of"] == original and exact["duplicate"] == "exact"
-    assert exact["neighbours"][0]["cosine_distance"] <= chain.EXACT_DUPLICATE_COSINE
+    assert exact["neighbours"][0]["cosine_distance"] <= similarity.EXACT_DUPLICATE_COSINE
     # Re-materializing the original does not make it a duplicate of its later copy.
-    again = dg.materialize(chain.image_assets, partition_key=original, resources=image_resources,
+    again = dg.materialize(image_assets, partition_key=original, resources=image_resources,
                            instance=instance)
     assert again.success and store.read_json(original, chain.SIMILARITY)["duplicate_of"] is None
     assert image_resources["image_index"].count() == 5
 
 
 def test_duplicate_verdicts_follow_the_measured_thresholds():
-    from narra_dagster.assets.image import duplicate_kind
+    from narra_dagster.defs.image.similarity import duplicate_kind
 
     assert duplicate_kind(0.0, 0) == "exact"
     assert duplicate_kind(0.01, 6) == "near"  # same features, but the pixels moved
@@ -347,8 +351,8 @@ def test_duplicate_verdicts_follow_the_measured_thresholds():
 def test_validation_classifies_bad_images(tmp_path):
     from PIL import Image
 
-    from narra_dagster.errors import BadInputError
-    from narra_dagster.imaging import validate_image
+    from narra_dagster.core.errors import BadInputError
+    from narra_dagster.defs.image.imaging import validate_image
 
     def code(path):
         with pytest.raises(BadInputError) as caught:
@@ -374,8 +378,9 @@ def test_validation_classifies_bad_images(tmp_path):
 
 
 def test_bad_inputs_fail_alone_with_a_classified_error(image_resources, instance, tmp_path):
-    from narra_dagster.assets import image as chain
-    from narra_dagster.operations import run_failure
+    from narra_dagster.defs.image import assets as chain
+    from narra_dagster.defs.image import similarity
+    from narra_dagster.core.runs import run_failure
 
     good, ok = _process(_save_jpeg(skimage.data.coffee(), tmp_path / "coffee.jpg"), image_resources, instance)
     assert ok.success
@@ -479,7 +484,8 @@ def test_sensor_routes_a_photo_and_its_copy_to_one_image_run(instance, tmp_path)
     import time
 
     from narra_dagster.resources import LocalMediaStore
-    from narra_dagster.sensors.upload import LocalInbox, upload_sensor
+    from narra_dagster.defs.intake.inbox_sensor import upload_sensor
+    from narra_dagster.resources.inbox import LocalInbox
 
     inbox = LocalInbox(path=str(tmp_path / "inbox"), stable_seconds=0.0)
     store = LocalMediaStore(root=str(tmp_path / "media"))
@@ -500,7 +506,7 @@ def test_sensor_routes_a_photo_and_its_copy_to_one_image_run(instance, tmp_path)
 
 
 def test_index_texts_keep_confident_labels_and_real_text_lines():
-    from narra_dagster.assets.image import index_texts
+    from narra_dagster.defs.image.assets import index_texts
 
     labels = {"category": "animal", "labels": [
         {"label": "tiger cat", "score": 0.38}, {"label": "tabby, tabby cat", "score": 0.17},

@@ -5,7 +5,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from narra_dagster.assets.search import search_index_maintenance
+from narra_dagster.defs.search.maintenance import search_index_maintenance
 from narra_dagster.resources.search_index import IndexRow, LanceSearchIndex
 
 ITEMS, ROWS_PER_ITEM, DIM = 60, 40, 384

@@ -5,12 +5,13 @@ import time
 
 import pytest
 
-from narra_dagster.chunking import chunk_segments
-from narra_dagster.errors import BadInputError
-from narra_dagster.ingest import classify_upload, store_upload
-from narra_dagster.media import kind_for_file, partition_key_for, sniff_kind
+from narra_dagster.defs.video.chunking import chunk_segments
+from narra_dagster.core.errors import BadInputError
+from narra_dagster.core.intake import classify_upload, store_upload
+from narra_dagster import registry
+from narra_dagster.core.media import partition_key_for
 from narra_dagster.resources import LocalMediaStore
-from narra_dagster.schemas import Segment, Word
+from narra_dagster.resources.speech import Segment, Word
 
 
 def test_partition_key_depends_on_bytes_not_name(tmp_path):
@@ -37,7 +38,7 @@ def test_partition_key_depends_on_bytes_not_name(tmp_path):
     ],
 )
 def test_sniff_kind_from_magic_bytes(head, kind):
-    assert sniff_kind(head) == kind
+    assert getattr(registry.kind_for_bytes(head), "name", None) == kind
 
 
 def test_extension_is_only_a_fallback(tmp_path, silent_clip):
@@ -45,8 +46,8 @@ def test_extension_is_only_a_fallback(tmp_path, silent_clip):
     text_as_mp4.write_text("just some text")
     video_as_txt = tmp_path / "clip.txt"
     video_as_txt.write_bytes(silent_clip.read_bytes())
-    assert kind_for_file(text_as_mp4) == "video"  # enters the chain, fails validation there
-    assert kind_for_file(video_as_txt) == "video"  # the bytes win over the name
+    assert registry.kind_for_file(text_as_mp4).name == "video"  # enters the chain, fails validation there
+    assert registry.kind_for_file(video_as_txt).name == "video"  # the bytes win over the name
     unknown = tmp_path / "notes.txt"
     unknown.write_text("text")
     with pytest.raises(BadInputError) as info:
@@ -124,7 +125,7 @@ def test_chunks_follow_segment_boundaries_and_limits():
 
 
 def test_a_name_that_claims_another_kind_is_a_type_mismatch():
-    from narra_dagster.ingest import check_declared_kind
+    from narra_dagster.core.intake import check_declared_kind
 
     check_declared_kind({"kind": "image", "declared_kind": "image", "source_name": "a.png"})
     check_declared_kind({"kind": "video", "declared_kind": None, "source_name": "clip"})

@@ -6,7 +6,7 @@ import jiwer
 import numpy as np
 import pytest
 
-from narra_dagster import avio
+from narra_dagster.defs.video import avio
 from narra_dagster.resources import OpenAIWhisperTranscriber
 from narra_dagster.resources.embedder import EMBEDDING_DIM
 

@@ -3,9 +3,9 @@
 import dagster as dg
 import numpy as np
 
-from narra_dagster.assets import video as video_assets_module
+from narra_dagster.defs.video import assets as video_assets_module
 from narra_dagster.definitions import build_defs
-from narra_dagster.operations import process_files
+from narra_dagster.app.processing import process_files
 from narra_dagster.resources import FasterWhisperTranscriber
 
 from .conftest import check_outcomes as _checks

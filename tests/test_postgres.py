@@ -9,10 +9,10 @@ import dagster as dg
 import psycopg2
 import pytest
 
-from narra_dagster.assets.video import video_assets
+from tests.support.chains import video_assets
 from narra_dagster.production import apply_pool_limits
-from narra_dagster import pools
-from narra_dagster.sample_media import make_talking_video
+from narra_dagster.core import pools
+from tests.support.media import make_talking_video
 
 from .conftest import ingest_and_materialize, subprocess_env
 from .services import daemon, pg_database, pg_env, production_dagster_home, wait_for, PG_HOST, PG_PORT, PG_USER, PG_PASSWORD

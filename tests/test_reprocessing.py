@@ -6,8 +6,8 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.definitions.observe import observe
 from dagster._core.loader import LoadingContextForTest
 
-from narra_dagster import chunking
-from narra_dagster.assets.pipeline_settings import settings_assets
+from narra_dagster.defs.video import chunking
+from narra_dagster.defs.search.settings import settings_assets
 from narra_dagster.definitions import build_defs
 from narra_dagster.resources import Ct2TextEmbedder, FasterWhisperTranscriber
 

@@ -9,10 +9,11 @@ import boto3
 import dagster as dg
 import pytest
 
-from narra_dagster.media import file_sha256
+from narra_dagster.core.media import file_sha256
 from narra_dagster.resources.media_store import SOURCE
 from narra_dagster.resources.s3 import S3LanceSearchIndex, S3MediaStore, s3_resources_from_env
-from narra_dagster.sensors.s3_upload import S3Inbox, s3_upload_sensor
+from narra_dagster.defs.intake.s3_sensor import build_s3_upload_sensor
+from narra_dagster.resources.s3 import S3Inbox
 
 from .conftest import ingest_and_materialize
 
@@ -112,7 +113,7 @@ def test_video_chain_on_s3(s3_resources, s3, instance, speech_video):
 
 def _tick(instance, resources, cursor):
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as ctx:
-        result = s3_upload_sensor(ctx)
+        result = build_s3_upload_sensor()(ctx)
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return result

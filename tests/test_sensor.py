@@ -9,7 +9,8 @@ import pytest
 
 from narra_dagster import PIPELINE_VERSION
 from narra_dagster.resources import LocalMediaStore
-from narra_dagster.sensors.upload import LocalInbox, upload_sensor
+from narra_dagster.defs.intake.inbox_sensor import upload_sensor
+from narra_dagster.resources.inbox import LocalInbox
 
 MP4_HEAD = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
 

@@ -1,4 +1,5 @@
-"""Resources: media store, transcriber, text embedder, OCR, search index (interfaces + backends)."""
+"""Resources: interfaces and their backends (media store, transcriber, text embedder, OCR, image
+classifier, search and image indices, inbox, event sink). Nothing here imports from above."""
 
 from narra_dagster.resources.embedder import Ct2TextEmbedder, OnnxTextEmbedder, TextEmbedder
 from narra_dagster.resources.image_index import ImageIndex, LanceImageIndex
@@ -25,10 +26,16 @@ def default_resources() -> dict:
     With ``NARRA_S3_BUCKET`` set, the media store and the search index are on S3 instead (and
     ``s3_inbox`` watches ``NARRA_S3_INBOX_PREFIX`` when set); see ``resources/s3.py``.
     """
-    from narra_dagster.events import event_sink_from_env
-    from narra_dagster.resources.s3 import s3_resources_from_env
-    from narra_dagster.sensors.upload import LocalInbox
+    import os
 
+    from narra_dagster.resources.events import event_sink_from_env
+    from narra_dagster.resources.inbox import LocalInbox
+
+    s3: dict = {}
+    if os.environ.get("NARRA_S3_BUCKET"):  # dagster-aws comes with the production extra
+        from narra_dagster.resources.s3 import s3_resources_from_env
+
+        s3 = s3_resources_from_env()
     return {
         "media_store": LocalMediaStore(),
         "transcriber": FasterWhisperTranscriber(),
@@ -39,5 +46,5 @@ def default_resources() -> dict:
         "image_index": LanceImageIndex(),
         "inbox": LocalInbox(),
         "event_sink": event_sink_from_env(),
-        **s3_resources_from_env(),
+        **s3,
     }

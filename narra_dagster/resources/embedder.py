@@ -31,7 +31,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field, PrivateAttr
 
-from narra_dagster.threads import allow_spinning, model_threads
+from narra_dagster.core.threads import allow_spinning, model_threads
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class OnnxTextEmbedder(TextEmbedder):
     threads: int = Field(
         default_factory=model_threads, ge=1,
         description="onnxruntime intra-op threads; default NARRA_THREADS, else cores // "
-                    "NARRA_PARALLEL_RUNS (see narra_dagster.threads).")
+                    "NARRA_PARALLEL_RUNS (see narra_dagster.core.threads).")
     max_length: int = Field(
         default=256, ge=8, description="Tokens per text; the model was trained with 256."
     )
@@ -288,7 +288,7 @@ class Ct2TextEmbedder(TextEmbedder):
     threads: int = Field(
         default_factory=model_threads, ge=1,
         description="CTranslate2 intra-op threads; default NARRA_THREADS, else cores // "
-                    "NARRA_PARALLEL_RUNS (see narra_dagster.threads).")
+                    "NARRA_PARALLEL_RUNS (see narra_dagster.core.threads).")
     max_length: int = Field(
         default=256, ge=8, description="Tokens per text; the model was trained with 256."
     )

@@ -23,7 +23,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field, PrivateAttr
 
 from narra_dagster import settings
-from narra_dagster.media import is_partition_key
+from narra_dagster.core.media import is_partition_key
 from narra_dagster.resources.index_lock import write_lock
 
 IMAGES_TABLE = "images"

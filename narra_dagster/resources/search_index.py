@@ -46,7 +46,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field, PrivateAttr
 
 from narra_dagster import settings
-from narra_dagster.media import is_partition_key
+from narra_dagster.core.media import is_partition_key
 from narra_dagster.resources.embedder import EMBEDDING_DIM
 from narra_dagster.resources.index_lock import write_lock
 
@@ -189,6 +189,12 @@ class SearchIndex(dg.ConfigurableResource, ABC):
     def search(self, query: str, vector: np.ndarray, *, kind: str | None = None,
                limit: int = 10) -> list[SearchHit]:
         """Hybrid search. ``vector`` is the query's float32 [384] unit embedding."""
+
+    def maintain(self, *, cleanup_older_than: dt.timedelta = dt.timedelta(hours=24),
+                 ) -> dict[str, Any] | None:
+        """Upkeep as the index grows (compaction, indices, old versions); a backend that needs
+        none returns None, as this default does."""
+        return None
 
 
 _locks: dict[str, threading.Lock] = {}

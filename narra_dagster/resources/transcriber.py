@@ -22,8 +22,8 @@ import dagster as dg
 import numpy as np
 from pydantic import Field, PrivateAttr
 
-from narra_dagster.schemas import Segment, Transcript, Word
-from narra_dagster.threads import model_threads
+from narra_dagster.resources.speech import Segment, Transcript, Word
+from narra_dagster.core.threads import model_threads
 
 SAMPLE_RATE = 16_000
 
@@ -97,7 +97,7 @@ class FasterWhisperTranscriber(Transcriber):
     threads: int = Field(
         default_factory=model_threads, ge=1,
         description="CTranslate2 intra-op threads (cpu_threads); default NARRA_THREADS, else "
-                    "cores // NARRA_PARALLEL_RUNS (see narra_dagster.threads).")
+                    "cores // NARRA_PARALLEL_RUNS (see narra_dagster.core.threads).")
     num_workers: int = Field(
         default=1, ge=1,
         description="CTranslate2 model replicas for concurrent transcriptions in one process; a "

@@ -1,0 +1,76 @@
+"""Status: per item, its stages' last materializations and its last run's outcome."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import dagster as dg
+
+from narra_dagster import registry
+from narra_dagster.core.batch import batch_item_tag, item_results
+from narra_dagster.core.runs import run_failure
+from narra_dagster.resources.media_store import MediaStore
+
+
+def last_materialization(instance: dg.DagsterInstance, asset: str | dg.AssetKey, key: str):
+    """The newest materialization record of one asset partition, or None."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey.from_coercible(asset),
+                              asset_partitions=[key]), limit=1
+    ).records
+    return records[0] if records else None
+
+
+def partition_status(instance: dg.DagsterInstance, defs: dg.Definitions,
+                     media_id: str | None = None) -> list[dict[str, Any]]:
+    """Per partition: source name, each asset's last materialization, and the last run's outcome.
+
+    ``media_id`` may be a prefix of a partition key.
+    """
+    media_store: MediaStore = defs.resources["media_store"]  # type: ignore[assignment]
+    items = []
+    for media_kind in registry.KINDS:
+        kind = media_kind.name
+        chain = [stage.key for stage in media_kind.stages]
+        for key in instance.get_dynamic_partitions(media_kind.partitions.name):
+            if media_id and not key.startswith(media_id):
+                continue
+            try:
+                source_name = media_store.manifest(key).get("source_name")
+            except (FileNotFoundError, ValueError):
+                source_name = None
+            assets = {}
+            for asset in chain:
+                record = last_materialization(instance, asset, key)
+                assets[asset.to_user_string()] = None if record is None else {
+                    "materialized_at": _iso(record.timestamp), "run_id": record.run_id}
+            # The item's last run: its own run, or a batch run that listed it (tagged per item).
+            runs = [*instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": key}), limit=1),
+                    *instance.get_run_records(dg.RunsFilter(tags={batch_item_tag(key): "1"}), limit=1)]
+            last_run = None
+            if runs:
+                run = max(runs, key=lambda r: r.create_timestamp).dagster_run
+                status = run.status.value
+                error, error_class = (run_failure(instance, run.run_id)
+                                      if run.status == dg.DagsterRunStatus.FAILURE else (None, None))
+                if run.tags.get(batch_item_tag(key)):  # a batch run: this item's own outcome
+                    item = next((i for i in item_results(instance, run.run_id)
+                                 if i["partition_key"] == key), None)
+                    if item is not None:
+                        error, error_class = item["error"], item["error_class"]
+                        status = "SUCCESS" if item["status"] == "succeeded" else "FAILURE"
+                last_run = {"run_id": run.run_id, "job": run.job_name, "status": status,
+                            "error": error, "error_class": error_class}
+            done = all(assets.values())
+            items.append({
+                "media_id": key, "kind": kind, "source_name": source_name,
+                "state": "failed" if last_run and last_run["status"] == "FAILURE"
+                else ("searchable" if done else (last_run["status"].lower() if last_run else "registered")),
+                "last_run": last_run, "assets": assets,
+            })
+    return items
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="seconds")

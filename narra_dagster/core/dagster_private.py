@@ -1,0 +1,77 @@
+"""The private Dagster APIs narra relies on, all in one place.
+
+A batch run (:mod:`narra_dagster.core.batch`) materializes many partitions inside one op. To
+leave each item exactly as an ordinary asset run would, it needs two things Dagster's public API
+does not offer (checked against Dagster 1.13):
+
+1. **Data-version tags** on each ``AssetMaterialization`` (code version, each parent partition's
+   data version and event pointer, the logical data version), so the UI's staleness and lineage
+   read batch materializations like those of asset runs. The tag names and the hashing live in
+   ``dagster._core.definitions.data_version``.
+2. **Planned-materialization events** for the stages an item did not reach, so Dagster's asset
+   status cache counts that item's partition as failed (a partition is failed when its latest
+   planned materialization belongs to a failed run and no materialization followed; see
+   ``dagster._core.storage.partition_status_cache``). Built with
+   ``dagster._core.events.DagsterEvent`` and ``AssetMaterializationPlannedData``.
+
+``tests/test_dagster_private.py`` exercises both against the installed Dagster and fails loudly
+when an upgrade changes them; that is why ``pyproject.toml`` pins ``dagster<1.14``.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster._core.definitions.data_version import (
+    CODE_VERSION_TAG,
+    DATA_VERSION_TAG,
+    DEFAULT_DATA_VERSION,
+    NULL_EVENT_POINTER,
+    DataVersion,
+    compute_logical_data_version,
+    get_input_data_version_tag,
+    get_input_event_pointer_tag,
+)
+from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
+
+__all__ = ["CODE_VERSION_TAG", "DATA_VERSION_TAG", "provenance_tags", "report_planned"]
+
+
+def provenance_tags(instance: dg.DagsterInstance, asset: dg.AssetsDefinition,
+                    asset_key: dg.AssetKey, partition: str) -> dict[str, str]:
+    """The data-version tags Dagster writes on a materialization of ``asset_key`` for
+    ``partition``: its code version, each parent partition's data version and event pointer
+    (read from ``instance``), and the logical data version computed from them.
+
+    Returns:
+        Tag name -> value, e.g. ``{"dagster/code_version": "1", "dagster/data_version": ...}``.
+    """
+    code_version = asset.code_versions_by_key.get(asset_key) or "1"
+    inputs: dict[dg.AssetKey, DataVersion] = {}
+    tags: dict[str, str] = {CODE_VERSION_TAG: code_version}
+    for parent in asset.asset_deps.get(asset_key, ()):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=parent, asset_partitions=[partition]), limit=1).records
+        if records:
+            materialization = records[0].asset_materialization
+            version = DataVersion((materialization.tags or {}).get(DATA_VERSION_TAG)
+                                  or DEFAULT_DATA_VERSION.value)
+            pointer = str(records[0].storage_id)
+        else:
+            version, pointer = DEFAULT_DATA_VERSION, NULL_EVENT_POINTER
+        inputs[parent] = version
+        tags[get_input_data_version_tag(parent)] = version.value
+        tags[get_input_event_pointer_tag(parent)] = pointer
+    tags[DATA_VERSION_TAG] = compute_logical_data_version(code_version, inputs).value
+    return tags
+
+
+def report_planned(context: dg.OpExecutionContext, asset_keys: list[dg.AssetKey],
+                   partition: str) -> None:
+    """Record in the event log that this op's run planned to materialize ``asset_keys`` for
+    ``partition`` (what an asset run records for each step before it runs)."""
+    for asset_key in asset_keys:
+        context.instance.report_dagster_event(
+            DagsterEvent.build_asset_materialization_planned_event(
+                context.job_name, context.op_handle.name,
+                AssetMaterializationPlannedData(asset_key, partition=partition)),
+            run_id=context.run_id)

@@ -1,0 +1,76 @@
+"""Taking an uploaded file into the media store: the step shared by the sensors and the
+application layer (``narra process``, ``narra ingest``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from narra_dagster import registry
+from narra_dagster.core.errors import BadInputError
+from narra_dagster.core.kind import MediaKind
+from narra_dagster.core.media import KEY_LENGTH, file_sha256
+from narra_dagster.resources.media_store import MANIFEST, SOURCE, MediaStore
+
+MAX_UPLOAD_BYTES = 20 * 1024**3  # 20 GiB: far beyond any clip, short of filling a disk by mistake
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An upload taken into the media store."""
+
+    partition_key: str
+    kind: str
+    source_name: str
+    size_bytes: int
+    sha256: str
+
+
+def classify_upload(path: Path) -> MediaKind:
+    """Return the kind of a file that narra can process.
+
+    Raises:
+        BadInputError: ``unsupported_type`` when the bytes and extension match no supported
+            kind, ``too_large`` past 20 GiB.
+        OSError: when the file cannot be read.
+    """
+    size = path.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise BadInputError(f"the file is {size} bytes, over the {MAX_UPLOAD_BYTES}-byte limit",
+                            code="too_large")
+    kind = registry.kind_for_file(path)
+    if kind is None:
+        raise BadInputError(
+            "not a file type narra recognizes (neither its first bytes nor its extension match "
+            f"{' or '.join(k.noun for k in registry.KINDS)})", code="unsupported_type")
+    return kind
+
+
+def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None = None,
+                 ingested_by: str = "narra") -> Upload:
+    """Hash a file, copy it into the media store under its partition key, record a manifest.
+
+    Idempotent: the same bytes give the same key, and an item already in the store is not
+    copied again. The original name is kept only as metadata in the manifest.
+
+    Raises:
+        BadInputError: see :func:`classify_upload`.
+        OSError: when the file cannot be read or the store cannot be written.
+    """
+    kind = classify_upload(path).name
+    digest = file_sha256(path)
+    key = digest[:KEY_LENGTH]
+    name = source_name if source_name is not None else path.name
+    if not media_store.exists(key, SOURCE):
+        size = media_store.put_file(key, SOURCE, path)
+    else:
+        size = path.stat().st_size
+    if not media_store.exists(key, MANIFEST):
+        media_store.write_json(key, MANIFEST, {
+            "partition_key": key, "kind": kind, "declared_kind": getattr(registry.kind_for_extension(name), "name", None),
+            "source_name": name, "size_bytes": size,
+            "sha256": digest, "ingested_by": ingested_by,
+            "ingested_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+    return Upload(partition_key=key, kind=kind, source_name=name, size_bytes=size, sha256=digest)

@@ -1,0 +1,219 @@
+"""Each stage written once: a stage function becomes its asset, with the guards every stage needs.
+
+A *stage function* is a plain function ``fn(key: str, *, <resource>=..., log) -> MaterializeResult``
+named after the asset it produces (``video_transcript``). Its keyword-only parameters name the
+resources it needs (``media_store``, ``transcriber``...); ``log`` receives a logger. A kind's
+:class:`StageSet` is the decorator that turns such a function into a partitioned asset of the
+kind's group, and keeps the :class:`Stage` (asset + function) so that batch runs
+(:mod:`narra_dagster.core.batch`) call exactly the same guarded function as the asset does:
+
+- **missing-source guard**: a partition with no stored upload (added by hand in the UI, or its
+  upload deleted) fails with ``missing_source`` before the stage runs;
+- **declared-kind check**: an upload whose file name claims another kind than its bytes
+  (``photo.pdf`` holding a PNG) fails with ``type_mismatch``;
+- **classified failures**: a :class:`~narra_dagster.core.errors.BadInputError` raised anywhere in
+  the stage becomes ``dagster.Failure(allow_retries=False)`` with ``error_class`` metadata; any
+  other exception is transient and left to the stage's ``RetryPolicy`` (if it has one).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from narra_dagster.core.errors import BadInputError, classified_failures
+from narra_dagster.resources.media_store import SOURCE, MediaStore
+
+# Transient failures (a model runtime or an index write that hiccups) are retried up to 3 times,
+# waiting about 2, 4 and 8 s; bad input raises Failure(allow_retries=False) and is never retried.
+TRANSIENT_RETRY = dg.RetryPolicy(
+    max_retries=3, delay=2.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+StageFunction = Callable[..., dg.MaterializeResult]
+
+
+def upload_name(media_store: MediaStore, key: str) -> str | None:
+    """The file name an item was uploaded under (metadata only), or None without a manifest."""
+    try:
+        return media_store.manifest(key).get("source_name")
+    except FileNotFoundError:
+        return None
+
+
+def check_declared_kind(manifest: dict) -> None:
+    """Fail an item whose file name claims another kind than its bytes (``photo.pdf`` holding a
+    PNG). Such a file is routed by its bytes, then stopped: a misleading extension is usually a
+    mistake or a disguise, and processing it as something else than its uploader believes would
+    index the wrong thing under their name.
+
+    Args:
+        manifest: the item's manifest (``kind`` from the bytes, ``declared_kind`` from the name;
+            manifests written before ``declared_kind`` existed pass).
+
+    Raises:
+        BadInputError: ``type_mismatch`` when both kinds are known and differ.
+    """
+    from narra_dagster import registry  # the registry imports every kind, and so this module
+
+    kind, declared = manifest.get("kind"), manifest.get("declared_kind")
+    if declared and kind and declared != kind:
+        raise BadInputError(
+            f"the file is named {manifest.get('source_name')!r}, which says "
+            f"{registry.noun(declared)}, but its bytes are {registry.noun(kind)}; rename it with "
+            "the right extension to process it", code="type_mismatch")
+
+
+def _guard_source(media_store: MediaStore, key: str) -> None:
+    if not media_store.exists(key, SOURCE):
+        raise BadInputError(
+            f"no upload is stored for partition {key}; add files with `narra ingest` or the "
+            "inbox, not by adding partitions by hand", code="missing_source")
+    try:
+        manifest = media_store.manifest(key)
+    except FileNotFoundError:
+        return
+    check_declared_kind(manifest)
+
+
+def resource_parameters(fn: StageFunction) -> tuple[str, ...]:
+    """The resource keys a stage function takes: its keyword-only parameters except ``log``."""
+    return tuple(name for name, p in inspect.signature(fn).parameters.items()
+                 if p.kind == p.KEYWORD_ONLY and name != "log")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a kind's chain: its asset and the stage function behind it.
+
+    ``run`` is what the asset's body and a batch run both call, so an item is reported the same
+    way whichever ran it.
+    """
+
+    asset: dg.AssetsDefinition
+    fn: StageFunction
+    resource_keys: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The asset's name, e.g. ``video_transcript``."""
+        return self.asset.key.to_user_string()
+
+    @property
+    def key(self) -> dg.AssetKey:
+        return self.asset.key
+
+    @property
+    def retry_policy(self) -> dg.RetryPolicy | None:
+        return self.asset.op.retry_policy
+
+    def run(self, key: str, resources: Any, log: logging.Logger | Any) -> dg.MaterializeResult:
+        """Run the stage for partition ``key`` with its guards.
+
+        Args:
+            key: the partition key (16 hex digits).
+            resources: an object with one attribute per resource key (a Dagster context's
+                ``resources``) or a mapping of them.
+            log: the logger handed to the stage function.
+
+        Raises:
+            dagster.Failure: non-retryable, with ``error_class`` metadata, for bad input
+                (``missing_source``, ``type_mismatch`` or the stage's own codes).
+            Exception: anything else the stage raises, unchanged (transient: retried by the
+                stage's retry policy).
+        """
+        get = resources.__getitem__ if isinstance(resources, dict) else (
+            lambda name: getattr(resources, name))
+        kwargs = {name: get(name) for name in self.resource_keys}
+        if "log" in inspect.signature(self.fn).parameters:
+            kwargs["log"] = log
+        with classified_failures(self.name):
+            _guard_source(get("media_store"), key)
+            return self.fn(key, **kwargs)
+
+
+class StageSet:
+    """The stages of one media kind, and the decorator that makes each one.
+
+    ``@video_stage(kinds={"whisper"}, deps=[video_audio], retry=True)`` over a stage function
+    ``video_transcript(key, *, media_store, transcriber, log)`` gives the asset
+    ``video_transcript``: partitioned by the kind's dynamic partitions, in the kind's group, with
+    the function's docstring as its description, a ``code_version`` (bump it when the stage's
+    output changes), the resources its parameters name, and the guards described in this
+    module. The decorator returns the ``AssetsDefinition`` (so later stages can name it in
+    ``deps``); the :class:`Stage` is kept in :attr:`stages`.
+    """
+
+    def __init__(self, kind: str, partitions_def: dg.DynamicPartitionsDefinition, group_name: str):
+        self.kind = kind
+        self.partitions_def = partitions_def
+        self.group_name = group_name
+        self._stages: dict[dg.AssetKey, Stage] = {}
+
+    def __call__(self, *, kinds: set[str], deps: Sequence[Any] = (), retry: bool = False,
+                 pool: str | None = None, check_specs: Sequence[dg.AssetCheckSpec] = (),
+                 code_version: str = "1") -> Callable[[StageFunction], dg.AssetsDefinition]:
+        def decorate(fn: StageFunction) -> dg.AssetsDefinition:
+            resource_keys = tuple(dict.fromkeys(("media_store", *resource_parameters(fn))))
+            holder: list[Stage] = []
+
+            @dg.asset(
+                name=fn.__name__, partitions_def=self.partitions_def, group_name=self.group_name,
+                code_version=code_version, kinds=kinds, deps=list(deps), pool=pool,
+                retry_policy=TRANSIENT_RETRY if retry else None, check_specs=list(check_specs),
+                required_resource_keys=set(resource_keys), description=inspect.getdoc(fn),
+            )
+            def _asset(context) -> dg.MaterializeResult:  # an AssetExecutionContext
+                return holder[0].run(context.partition_key, context.resources, context.log)
+
+            stage = Stage(asset=_asset, fn=fn, resource_keys=resource_keys)
+            holder.append(stage)
+            self._stages[_asset.key] = stage
+            return _asset
+
+        return decorate
+
+    @property
+    def assets(self) -> list[dg.AssetsDefinition]:
+        return [stage.asset for stage in self.stages]
+
+    @property
+    def stages(self) -> list[Stage]:
+        """Every stage, each after the stages it depends on (declaration order otherwise).
+
+        Raises:
+            ValueError: when the stages depend on each other in a cycle.
+        """
+        return toposort(list(self._stages.values()))
+
+    def stage(self, name: str) -> Stage:
+        """The stage whose asset is called ``name``. Raises ``KeyError`` for an unknown one."""
+        return self._stages[dg.AssetKey(name)]
+
+
+def toposort(stages: Iterable[Stage]) -> list[Stage]:
+    """Order stages so each comes after every stage it depends on; ties keep the given order.
+
+    Raises:
+        ValueError: when the stages depend on each other in a cycle.
+    """
+    by_key = {s.key: s for s in stages}
+    ordered: list[Stage] = []
+    done: set[dg.AssetKey] = set()
+    pending = list(by_key)
+    while pending:
+        ready = [k for k in pending
+                 if all(dep in done or dep not in by_key
+                        for dep in by_key[k].asset.asset_deps.get(k, ()))]
+        if not ready:
+            raise ValueError(f"stages depend on each other in a cycle: {pending}")
+        for k in ready:
+            ordered.append(by_key[k])
+            done.add(k)
+        pending = [k for k in pending if k not in done]
+    return ordered

@@ -1,0 +1,88 @@
+"""The upload sensor: files dropped into the inbox become partitions and runs.
+
+One tick:
+
+1. Files registered by the previous tick (listed in the cursor with their partition key, size
+   and modification time) are moved from the inbox to ``inbox/.processed/<partition key>/``. They are moved only now, after Dagster has committed
+   that tick's partitions, run requests and cursor together, so a daemon crash mid-tick can never
+   leave a file moved but unregistered: nothing a user dropped is lost.
+2. Stable files (unchanged for ``stable_seconds``; not hidden, not ``.part``/``.tmp``) are taken,
+   oldest first, up to ``max_per_tick``: hashed into a partition key, copied into the media store,
+   and answered with one ``AddDynamicPartitionsRequest`` per kind and one ``RunRequest`` per new
+   item whose ``run_key`` is ``<kind>:<key>:v<pipeline version>``. A file whose bytes are already
+   a partition starts no second run. A file of an unknown type is moved to
+   ``inbox/.rejected/`` with a ``.reason.txt`` beside it.
+"""
+
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from narra_dagster import registry
+from narra_dagster.core.errors import BadInputError
+from narra_dagster.core.intake import store_upload
+from narra_dagster.core.kind import printable
+from narra_dagster.resources.inbox import LocalInbox
+from narra_dagster.resources.media_store import MediaStore
+
+@dg.sensor(
+    name="upload_sensor",
+    jobs=[kind.job for kind in registry.KINDS],
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Registers each new file in the inbox as a partition and starts its run.",
+)
+def upload_sensor(
+    context: dg.SensorEvaluationContext, inbox: LocalInbox, media_store: MediaStore
+) -> dg.SensorResult:
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    moved = 0
+    for name, (key, size, mtime_ns) in cursor.get("registered", {}).items():
+        if inbox.move_processed(name, key, size, mtime_ns) is not None:
+            moved += 1
+
+    stable, unstable = inbox.candidates(time.time())
+    registered: dict[str, tuple[str, int, int]] = {}
+    new_keys: dict[str, list[str]] = {}
+    run_requests: list[dg.RunRequest] = []
+    rejected = already = 0
+    for entry in stable[: inbox.max_per_tick]:
+        stat = entry.stat()
+        try:
+            upload = store_upload(Path(entry.path), media_store, ingested_by="upload_sensor")
+        except BadInputError as exc:
+            inbox.reject(entry.name, f"[{exc.code}] {exc}")
+            context.log.warning(f"rejected {printable(entry.name)}: [{exc.code}] {exc}")
+            rejected += 1
+            continue
+        except OSError as exc:  # vanished or unreadable mid-tick: try again next tick
+            context.log.warning(f"could not read {printable(entry.name)} yet: {exc}")
+            continue
+        registered[entry.name] = (upload.partition_key, stat.st_size, stat.st_mtime_ns)
+        kind = registry.get(upload.kind)
+        keys = new_keys.setdefault(upload.kind, [])
+        if upload.partition_key in keys or context.instance.has_dynamic_partition(
+            kind.partitions.name, upload.partition_key
+        ):
+            already += 1
+            continue
+        keys.append(upload.partition_key)
+        run_requests.append(kind.run_request(upload))
+
+    waiting = max(0, len(stable) - inbox.max_per_tick)
+    summary = (f"{len(run_requests)} new, {already} already known, {rejected} rejected, "
+               f"{moved} moved to processed, {unstable} still being written, {waiting} waiting")
+    context.log.info(summary)
+    new_cursor = json.dumps({"registered": registered, "last_tick": summary}, sort_keys=True)
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=[
+            registry.get(kind).partitions.build_add_request(keys)
+            for kind, keys in new_keys.items() if keys
+        ],
+        cursor=new_cursor,
+        skip_reason=None if run_requests else dg.SkipReason(f"nothing new: {summary}"),
+    )
