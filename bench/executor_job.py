@@ -34,24 +34,26 @@ def _executor():
 
 
 def video_job() -> dg.JobDefinition:
-    from narra_dagster.defs.video.assets import video_assets
+    from narra_dagster import registry
     from narra_dagster.resources import default_resources
 
-    job = dg.define_asset_job("video_pipeline", selection=dg.AssetSelection.groups("video"),
+    video = registry.get("video")
+    job = dg.define_asset_job(video.job_name, selection=dg.AssetSelection.groups(video.group),
                               executor_def=_executor())
-    defs = dg.Definitions(assets=video_assets, jobs=[job], resources=default_resources())
-    return defs.resolve_job_def("video_pipeline")
+    defs = dg.Definitions(assets=video.stage_set.assets, jobs=[job], resources=default_resources())
+    return defs.resolve_job_def(video.job_name)
 
 
 def main(path: str) -> dict:
     from pathlib import Path
 
+    from narra_dagster import registry
     from narra_dagster.core.intake import store_upload
     from narra_dagster.resources import LocalMediaStore
 
     instance = dg.DagsterInstance.get()
     upload = store_upload(Path(path), LocalMediaStore())
-    instance.add_dynamic_partitions("videos", [upload.partition_key])
+    instance.add_dynamic_partitions(registry.get("video").partitions.name, [upload.partition_key])
     result = dg.execute_job(dg.reconstructable(video_job), instance=instance,
                             tags={"dagster/partition": upload.partition_key})
     record = instance.get_run_record_by_id(result.run_id)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from statistics import mean
 
-from bench.common import Measured, fresh_home, log, narra_cmd, run_measured
+from bench.common import fresh_home, log, narra_cmd, run_measured
 
 
 def _step_means(items: list[dict]) -> dict[str, float]:
@@ -109,12 +109,6 @@ def executors(clip: str, work: Path, modes=("in_process", "multiprocess", "forks
     return out
 
 
-def _last_asset(kind: str):
-    from narra_dagster.core.batch import stages_for_kind
-
-    return stages_for_kind(kind)[-1][0].key
-
-
 def _drop(path: Path, inbox: Path) -> float:
     """Copy a file into the inbox as a careful uploader does (partial name, then rename)."""
     part = inbox / (path.name + ".part")
@@ -129,7 +123,10 @@ def daemon_pipeline(kind: str, latency_file: str, files: list[str], work: Path,
     at once and time them all; stop the daemon."""
     import dagster as dg
 
+    from narra_dagster import registry
     from narra_dagster.core.media import partition_key_for
+
+    media_kind = registry.get(kind)
 
     env = fresh_home(work / "homes", f"daemon-{kind}")
     home = Path(env["NARRA_HOME"])
@@ -140,7 +137,7 @@ def daemon_pipeline(kind: str, latency_file: str, files: list[str], work: Path,
     daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-m",
                                "narra_dagster.definitions"], env=env, stdout=daemon_log,
                               stderr=subprocess.STDOUT, start_new_session=True)
-    last = _last_asset(kind)
+    last = media_kind.stages[-1].key  # searchable once the last stage is materialized
     out: dict = {"kind": kind}
     try:
         with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
@@ -194,7 +191,7 @@ def daemon_pipeline(kind: str, latency_file: str, files: list[str], work: Path,
                 out["burst"] = {
                     "items": len(keys), "succeeded": len(finished),
                     "wall_s": round(max(finished) - t0, 2) if finished else None,
-                    "runs": len(instance.get_run_ids(dg.RunsFilter(job_name=f"{kind}_pipeline"))) - 1,
+                    "runs": len(instance.get_run_ids(dg.RunsFilter(job_name=media_kind.job_name))) - 1,
                 }
     finally:
         daemon.send_signal(signal.SIGINT)

@@ -4,7 +4,8 @@
 
 Stores each file (as `narra process` does), sets the kind's resources up once with
 ``dagster.build_resources`` (the same ``setup_for_execution`` a run calls, so models load once),
-then calls each ``build_*`` function of the kind's ``STAGES`` per file, timing each call. Run it
+then runs each of the kind's stages (``registry.get(kind).stages``, dependency order) per file
+with ``Stage.run`` (the guarded stage function the asset calls), timing each call. Run it
 in a fresh process and a fresh NARRA_HOME, like `narra process`, so both pay the same imports.
 """
 
@@ -17,7 +18,7 @@ started = time.perf_counter()
 
 import dagster as dg  # noqa: E402
 
-from narra_dagster.core.batch import stages_for_kind  # noqa: E402
+from narra_dagster import registry  # noqa: E402
 from narra_dagster.core.intake import store_upload  # noqa: E402
 from narra_dagster.resources import default_resources  # noqa: E402
 
@@ -25,11 +26,9 @@ from narra_dagster.resources import default_resources  # noqa: E402
 def main(kind: str, files: list[str]) -> dict:
     from pathlib import Path
 
-    from narra_dagster.core.batch import _stage_kwargs
-
-    stages = stages_for_kind(kind)
+    stages = registry.get(kind).stages
     imported = time.perf_counter()
-    needed = set().union(*(a.required_resource_keys for a, _ in stages)) - {"io_manager"}
+    needed = set().union(*(stage.resource_keys for stage in stages))
     log = logging.getLogger("bench.plain")
     out = {"kind": kind, "items": [], "imports_s": round(imported - started, 3)}
     with dg.build_resources({k: v for k, v in default_resources().items() if k in needed}) as res:
@@ -39,14 +38,14 @@ def main(kind: str, files: list[str]) -> dict:
             upload = store_upload(Path(file), res.media_store)
             item = {"file": Path(file).name, "partition_key": upload.partition_key,
                     "ingest_s": round(time.perf_counter() - item_started, 3), "steps": {}}
-            for asset, fn in stages:
+            for stage in stages:
                 t = time.perf_counter()
                 try:
-                    fn(upload.partition_key, **_stage_kwargs(fn, res, log))
+                    stage.run(upload.partition_key, res, log)
                 except Exception as exc:  # noqa: BLE001 - reported per item, as Dagster would
-                    item["error"] = f"{asset.key.to_user_string()}: {exc}"
+                    item["error"] = f"{stage.name}: {exc}"
                     break
-                item["steps"][asset.key.to_user_string()] = round(time.perf_counter() - t, 4)
+                item["steps"][stage.name] = round(time.perf_counter() - t, 4)
             item["seconds"] = round(time.perf_counter() - item_started, 3)
             out["items"].append(item)
     out["wall_in_process_s"] = round(time.perf_counter() - started, 3)

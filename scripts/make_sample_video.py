@@ -10,9 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-from tests.support.media import make_talking_video, timeline_json
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the maker lives in tests/support/media.py, not in the package
 
-out = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parents[1] / "samples" / "sample_video.mp4")
+from tests.support.media import make_talking_video, timeline_json  # noqa: E402
+
+out = Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "samples" / "sample_video.mp4")
 timeline = make_talking_video(out)
 out.with_suffix(".json").write_text(json.dumps(timeline_json(timeline), indent=1) + "\n")
 print(f"wrote {out} ({out.stat().st_size} bytes)")

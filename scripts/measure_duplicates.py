@@ -1,11 +1,11 @@
 """Measure the distances behind the image chain's duplicate thresholds.
 
-    PYTHONPATH=. python scripts/measure_duplicates.py
+    python scripts/measure_duplicates.py
 
 For every scikit-image picture that loads offline, compares the original with altered copies
 (cropped per side, resized, re-saved as JPEG) by the classifier features' cosine distance and by
 the pHash / dHash Hamming distances (imagehash), and compares every pair of different pictures
-the same way. The thresholds in narra_dagster/assets/image.py (NEAR_DUPLICATE_*,
+the same way. The thresholds in narra_dagster/defs/image/similarity.py (NEAR_DUPLICATE_*,
 EXACT_DUPLICATE_*) come from this output: a near-duplicate threshold must sit above the altered
 copies' distances and below the different pictures'. Uses the ONNX classifier under
 $NARRA_HOME (exported on first use).

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from narra_dagster.defs.video import keyframes
-from narra_dagster.defs.document import pdf
-from narra_dagster.resources import Ct2TextEmbedder, RapidOcrEngine
 from narra_dagster.core.summarize import split_sentences
+from narra_dagster.defs.document import pdf
+from narra_dagster.defs.video import keyframes
+from narra_dagster.resources import Ct2TextEmbedder, RapidOcrEngine
 
 DEBIAN_PDFS = [Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf"),
                Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")]
