@@ -32,7 +32,8 @@ from .services import pg_database, pg_env, production_dagster_home, require_post
 
 RUNS = 8
 PARTITIONS = 4  # two runs per partition: the same keys written twice at once
-ARTIFACTS = ("manifest.json", "chunks.json", "embeddings.npy")
+# the upload too: every stage checks that its partition has one (core/stage.py)
+ARTIFACTS = ("source", "manifest.json", "chunks.json", "embeddings.npy")
 
 
 def _index_run(dagster_home: str, env: dict, media: str, index: str, key: str, barrier) -> None:

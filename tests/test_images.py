@@ -193,7 +193,6 @@ def _meta(result, asset):
 
 def test_photo_runs_the_whole_chain(image_resources, instance, tmp_path):
     from narra_dagster.defs.image import assets as chain
-    from narra_dagster.defs.image import similarity
 
     path = _save_jpeg(skimage.data.chelsea(), tmp_path / "chelsea.jpg", exif=_camera_exif())
     key, result = _process(path, image_resources, instance)
@@ -245,7 +244,6 @@ def test_exif_orientation_is_applied(image_resources, instance, tmp_path):
     from PIL import Image
 
     from narra_dagster.defs.image import assets as chain
-    from narra_dagster.defs.image import similarity
 
     exif = Image.Exif()
     exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees clockwise
@@ -260,7 +258,6 @@ def test_exif_orientation_is_applied(image_resources, instance, tmp_path):
 
 def test_ocr_reads_rendered_text_and_indexes_it_with_boxes(image_resources, instance, tmp_path):
     from narra_dagster.defs.image import assets as chain
-    from narra_dagster.defs.image import similarity
 
     key, result = _process(_sign(tmp_path / "sign.png"), image_resources, instance)
     assert result.success
@@ -379,7 +376,6 @@ def test_validation_classifies_bad_images(tmp_path):
 
 def test_bad_inputs_fail_alone_with_a_classified_error(image_resources, instance, tmp_path):
     from narra_dagster.defs.image import assets as chain
-    from narra_dagster.defs.image import similarity
     from narra_dagster.core.runs import run_failure
 
     good, ok = _process(_save_jpeg(skimage.data.coffee(), tmp_path / "coffee.jpg"), image_resources, instance)

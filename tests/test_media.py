@@ -125,7 +125,7 @@ def test_chunks_follow_segment_boundaries_and_limits():
 
 
 def test_a_name_that_claims_another_kind_is_a_type_mismatch():
-    from narra_dagster.core.intake import check_declared_kind
+    from narra_dagster.core.stage import check_declared_kind
 
     check_declared_kind({"kind": "image", "declared_kind": "image", "source_name": "a.png"})
     check_declared_kind({"kind": "video", "declared_kind": None, "source_name": "clip"})

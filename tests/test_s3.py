@@ -13,7 +13,6 @@ from narra_dagster.core.media import file_sha256
 from narra_dagster.resources.media_store import SOURCE
 from narra_dagster.resources.s3 import S3LanceSearchIndex, S3MediaStore, s3_resources_from_env
 from narra_dagster.defs.intake.s3_sensor import build_s3_upload_sensor
-from narra_dagster.resources.s3 import S3Inbox
 
 from .conftest import ingest_and_materialize
 

@@ -20,9 +20,12 @@ when an upgrade changes them; that is why ``pyproject.toml`` pins ``dagster<1.14
 
 from __future__ import annotations
 
+import hashlib
+
 import dagster as dg
 from dagster._core.definitions.data_version import (
     CODE_VERSION_TAG,
+    extract_data_version_from_entry,
     DATA_VERSION_TAG,
     DEFAULT_DATA_VERSION,
     NULL_EVENT_POINTER,
@@ -39,30 +42,47 @@ __all__ = ["CODE_VERSION_TAG", "DATA_VERSION_TAG", "provenance_tags", "report_pl
 def provenance_tags(instance: dg.DagsterInstance, asset: dg.AssetsDefinition,
                     asset_key: dg.AssetKey, partition: str) -> dict[str, str]:
     """The data-version tags Dagster writes on a materialization of ``asset_key`` for
-    ``partition``: its code version, each parent partition's data version and event pointer
-    (read from ``instance``), and the logical data version computed from them.
+    ``partition``, computed as an asset run computes them (Dagster 1.13,
+    ``dagster._core.execution.context.data_version_cache``): for each parent, the event pointer
+    is the parent's latest materialization (or, for a source, observation), and its data version
+    is that event's, except for a partitioned parent, whose version is the SHA-256 of the data
+    version of the same partition; then the logical data version of the code version and inputs.
 
     Returns:
         Tag name -> value, e.g. ``{"dagster/code_version": "1", "dagster/data_version": ...}``.
     """
     code_version = asset.code_versions_by_key.get(asset_key) or "1"
+    parents = list(asset.asset_deps.get(asset_key, ()))
+    records = {r.asset_entry.asset_key: r for r in instance.get_asset_records(parents)}
     inputs: dict[dg.AssetKey, DataVersion] = {}
     tags: dict[str, str] = {CODE_VERSION_TAG: code_version}
-    for parent in asset.asset_deps.get(asset_key, ()):
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=parent, asset_partitions=[partition]), limit=1).records
-        if records:
-            materialization = records[0].asset_materialization
-            version = DataVersion((materialization.tags or {}).get(DATA_VERSION_TAG)
-                                  or DEFAULT_DATA_VERSION.value)
-            pointer = str(records[0].storage_id)
-        else:
+    for parent in parents:
+        entry = records[parent].asset_entry if parent in records else None
+        event = entry and (entry.last_materialization_record or entry.last_observation_record)
+        if event is None:  # storages that keep no last observation in the asset record
+            event = next(iter(instance.fetch_observations(parent, limit=1).records), None)
+        if event is None:
             version, pointer = DEFAULT_DATA_VERSION, NULL_EVENT_POINTER
+        else:
+            pointer = str(event.storage_id)
+            version = extract_data_version_from_entry(event.event_log_entry) or DEFAULT_DATA_VERSION
+            if entry is not None and entry.last_materialization_record is not None \
+                    and _is_partitioned(event):
+                own = instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=parent, asset_partitions=[partition]),
+                    limit=1).records
+                value = (own[0].asset_materialization.tags or {}).get(DATA_VERSION_TAG, "") if own else ""
+                version = DataVersion(hashlib.sha256(value.encode()).hexdigest())
         inputs[parent] = version
         tags[get_input_data_version_tag(parent)] = version.value
         tags[get_input_event_pointer_tag(parent)] = pointer
     tags[DATA_VERSION_TAG] = compute_logical_data_version(code_version, inputs).value
     return tags
+
+
+def _is_partitioned(record) -> bool:
+    event = record.event_log_entry.dagster_event
+    return bool(event and event.partition)
 
 
 def report_planned(context: dg.OpExecutionContext, asset_keys: list[dg.AssetKey],

@@ -16,7 +16,6 @@ kind's group, and keeps the :class:`Stage` (asset + function) so that batch runs
   other exception is transient and left to the stage's ``RetryPolicy`` (if it has one).
 """
 
-from __future__ import annotations
 
 import inspect
 import logging
@@ -168,7 +167,7 @@ class StageSet:
                 retry_policy=TRANSIENT_RETRY if retry else None, check_specs=list(check_specs),
                 required_resource_keys=set(resource_keys), description=inspect.getdoc(fn),
             )
-            def _asset(context) -> dg.MaterializeResult:  # an AssetExecutionContext
+            def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
                 return holder[0].run(context.partition_key, context.resources, context.log)
 
             stage = Stage(asset=_asset, fn=fn, resource_keys=resource_keys)

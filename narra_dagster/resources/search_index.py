@@ -199,6 +199,7 @@ class SearchIndex(dg.ConfigurableResource, ABC):
 
 _locks: dict[str, threading.Lock] = {}
 _ORIGIN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_KIND_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 # Per database URI: the scalar indices are known to exist (checked once per process).
 _scalar_ready: set[str] = set()
 
@@ -444,8 +445,8 @@ class LanceSearchIndex(SearchIndex):
     def search(self, query: str, vector: np.ndarray, *, kind: str | None = None,
                limit: int = 10) -> list[SearchHit]:
         table = self._table()
-        if kind is not None and kind not in ("video", "image", "document"):
-            raise ValueError(f"unknown kind: {kind!r}")
+        if kind is not None and not _KIND_NAME.match(kind):  # it goes into a filter expression
+            raise ValueError(f"not a kind name: {kind!r}")
         q = (
             table.search(query_type="hybrid", vector_column_name="vector", fts_columns="text")
             .vector(np.asarray(vector, dtype=np.float32))

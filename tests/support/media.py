@@ -153,3 +153,71 @@ def timeline_json(timeline: list[SpokenSentence]) -> list[dict]:
     """The timeline as JSON-ready dicts (text, start_s, end_s rounded to milliseconds)."""
     return [{k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(s).items()}
             for s in timeline]
+
+
+# Audio-only containers: (container format, codec, sample format, sample rate in Hz, samples per
+# frame). Opus runs at 48 kHz only; the others take espeak-ng's 22.05 kHz as it is.
+AUDIO_CONTAINERS = {
+    "wav": ("wav", "pcm_s16le", "s16", _AUDIO_RATE, 4096),
+    "mp3": ("mp3", "libmp3lame", "fltp", _AUDIO_RATE, 1152),
+    "flac": ("flac", "flac", "s16", _AUDIO_RATE, 4096),
+    "opus": ("ogg", "libopus", "flt", 48_000, 960),
+    "m4a": ("ipod", "aac", "fltp", _AUDIO_RATE, 1024),
+}
+
+
+def speak(sentences: list[str], *, gap_s: float = 0.7, lead_in_s: float = 0.5,
+          ) -> tuple[np.ndarray, list[SpokenSentence]]:
+    """espeak-ng speech of ``sentences`` as float32 mono at 22.05 kHz, with when each is spoken."""
+    timeline: list[SpokenSentence] = []
+    pieces = [np.zeros(int(lead_in_s * _AUDIO_RATE), np.float32)]
+    cursor = lead_in_s
+    for text in sentences:
+        speech = synthesize_speech(text)
+        timeline.append(SpokenSentence(text, cursor, cursor + len(speech) / _AUDIO_RATE))
+        pieces += [speech, np.zeros(int(gap_s * _AUDIO_RATE), np.float32)]
+        cursor += len(speech) / _AUDIO_RATE + gap_s
+    return np.concatenate(pieces), timeline
+
+
+def write_audio(audio: np.ndarray, path: Path, container: str) -> Path:
+    """Encode float32 mono 22.05 kHz ``audio`` into an audio-only file with PyAV.
+
+    Args:
+        container: a key of :data:`AUDIO_CONTAINERS` (``wav``, ``mp3``, ``flac``, ``opus``
+            (Ogg), ``m4a`` (AAC in MP4)).
+    """
+    import av
+
+    fmt, codec, sample_format, rate, block = AUDIO_CONTAINERS[container]
+    resampler = av.AudioResampler(format=sample_format, layout="mono", rate=rate)
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        fifo = av.AudioFifo()
+        source = av.AudioFrame.from_ndarray(audio[None, :].astype(np.float32), format="fltp",
+                                            layout="mono")
+        source.sample_rate = _AUDIO_RATE
+        source.pts = 0
+        source.time_base = Fraction(1, _AUDIO_RATE)
+        for frame in [*resampler.resample(source), *resampler.resample(None)]:
+            fifo.write(frame)
+        while fifo.samples:
+            frame = fifo.read(min(block, fifo.samples))
+            if frame.samples < block and codec in ("aac", "libmp3lame", "libopus"):
+                frame = _pad(frame, block, sample_format, rate)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def _pad(frame, block: int, sample_format: str, rate: int):
+    import av
+
+    array = frame.to_ndarray()
+    padded = np.zeros((array.shape[0], block), array.dtype)
+    padded[:, : array.shape[1]] = array
+    out = av.AudioFrame.from_ndarray(padded, format=sample_format, layout="mono")
+    out.sample_rate, out.pts, out.time_base = rate, frame.pts, frame.time_base
+    return out

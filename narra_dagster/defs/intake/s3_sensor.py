@@ -37,6 +37,72 @@ def _uri(inbox, key: str) -> str:
     return f"s3://{inbox.bucket}/{key}"
 
 
+def s3_upload_tick(context: dg.SensorEvaluationContext, s3_inbox, media_store: MediaStore,
+                   ) -> dg.SensorResult:
+    """One tick of the S3 upload sensor (see the module docstring); ``s3_inbox`` is an
+    :class:`narra_dagster.resources.s3.S3Inbox`."""
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    since = float(cursor.get("since", 0.0))
+    taken: dict[str, str] = cursor.get("taken", {})
+    seen: dict[str, list] = cursor.get("seen", {})
+
+    listed = s3_inbox.list_since(since)
+    fresh = [o for o in listed if taken.get(o["Key"]) != o["ETag"]]
+    stable = [o for o in fresh if seen.get(o["Key"]) == [o["Size"], o["ETag"]]]
+    picked = stable[: s3_inbox.max_per_tick]
+    picked_keys = {o["Key"] for o in picked}
+
+    new_keys: dict[str, list[str]] = {}
+    run_requests: list[dg.RunRequest] = []
+    rejected = already = 0
+    for obj in picked:
+        name = PurePosixPath(obj["Key"]).name
+        with tempfile.TemporaryDirectory(prefix="narra-s3-") as tmp:
+            local = Path(tmp) / "object"
+            s3_inbox.client.download_file(s3_inbox.bucket, obj["Key"], str(local))
+            try:
+                upload = store_upload(local, media_store, source_name=name,
+                                      ingested_by=f"s3_upload_sensor {_uri(s3_inbox, obj['Key'])}")
+            except BadInputError as exc:
+                context.log.warning(f"rejected {_uri(s3_inbox, printable(obj['Key']))}: [{exc.code}] {exc}")
+                rejected += 1
+                continue
+        kind = registry.get(upload.kind)
+        keys = new_keys.setdefault(upload.kind, [])
+        if upload.partition_key in keys or context.instance.has_dynamic_partition(
+                kind.partitions.name, upload.partition_key):
+            already += 1
+            continue
+        keys.append(upload.partition_key)
+        run_requests.append(kind.run_request(upload))
+
+    remaining = [o for o in fresh if o["Key"] not in picked_keys]
+    if remaining:
+        new_since = min(o["LastModified"].timestamp() for o in remaining)
+    else:
+        new_since = max([since] + [o["LastModified"].timestamp() for o in listed])
+    modified = {o["Key"]: o["LastModified"].timestamp() for o in listed}
+    new_taken = {k: e for k, e in taken.items() if modified.get(k, 0.0) >= new_since}
+    new_taken.update({o["Key"]: o["ETag"] for o in picked})
+    new_seen = {o["Key"]: [o["Size"], o["ETag"]] for o in remaining}
+    waiting = len(remaining) - sum(1 for o in remaining if seen.get(o["Key"]) != [o["Size"], o["ETag"]])
+    summary = (f"{len(run_requests)} new, {already} already known, {rejected} rejected, "
+               f"{len(new_seen) - waiting} not yet stable, {waiting} waiting for the next tick")
+    context.log.info(summary)
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=[
+            registry.get(kind).partitions.build_add_request(keys)
+            for kind, keys in new_keys.items() if keys
+        ],
+        cursor=json.dumps({"since": new_since, "taken": new_taken, "seen": new_seen,
+                           "last_tick": summary,
+                           "at": dt.datetime.fromtimestamp(time.time(), dt.timezone.utc).isoformat(
+                               timespec="seconds")}, sort_keys=True),
+        skip_reason=None if run_requests else dg.SkipReason(f"nothing new: {summary}"),
+    )
+
+
 def build_s3_upload_sensor() -> dg.SensorDefinition:
     """The S3 upload sensor; it needs the ``s3_inbox`` resource (``NARRA_S3_INBOX_PREFIX``), so
     :func:`narra_dagster.definitions.build_defs` adds it only when that resource exists.
@@ -54,65 +120,6 @@ def build_s3_upload_sensor() -> dg.SensorDefinition:
     def s3_upload_sensor(
         context: dg.SensorEvaluationContext, s3_inbox: S3Inbox, media_store: MediaStore
     ) -> dg.SensorResult:
-        cursor = json.loads(context.cursor) if context.cursor else {}
-        since = float(cursor.get("since", 0.0))
-        taken: dict[str, str] = cursor.get("taken", {})
-        seen: dict[str, list] = cursor.get("seen", {})
-
-        listed = s3_inbox.list_since(since)
-        fresh = [o for o in listed if taken.get(o["Key"]) != o["ETag"]]
-        stable = [o for o in fresh if seen.get(o["Key"]) == [o["Size"], o["ETag"]]]
-        picked = stable[: s3_inbox.max_per_tick]
-        picked_keys = {o["Key"] for o in picked}
-
-        new_keys: dict[str, list[str]] = {}
-        run_requests: list[dg.RunRequest] = []
-        rejected = already = 0
-        for obj in picked:
-            name = PurePosixPath(obj["Key"]).name
-            with tempfile.TemporaryDirectory(prefix="narra-s3-") as tmp:
-                local = Path(tmp) / "object"
-                s3_inbox.client.download_file(s3_inbox.bucket, obj["Key"], str(local))
-                try:
-                    upload = store_upload(local, media_store, source_name=name,
-                                          ingested_by=f"s3_upload_sensor {_uri(s3_inbox, obj['Key'])}")
-                except BadInputError as exc:
-                    context.log.warning(f"rejected {_uri(s3_inbox, printable(obj['Key']))}: [{exc.code}] {exc}")
-                    rejected += 1
-                    continue
-            kind = registry.get(upload.kind)
-            keys = new_keys.setdefault(upload.kind, [])
-            if upload.partition_key in keys or context.instance.has_dynamic_partition(
-                    kind.partitions.name, upload.partition_key):
-                already += 1
-                continue
-            keys.append(upload.partition_key)
-            run_requests.append(kind.run_request(upload))
-
-        remaining = [o for o in fresh if o["Key"] not in picked_keys]
-        if remaining:
-            new_since = min(o["LastModified"].timestamp() for o in remaining)
-        else:
-            new_since = max([since] + [o["LastModified"].timestamp() for o in listed])
-        modified = {o["Key"]: o["LastModified"].timestamp() for o in listed}
-        new_taken = {k: e for k, e in taken.items() if modified.get(k, 0.0) >= new_since}
-        new_taken.update({o["Key"]: o["ETag"] for o in picked})
-        new_seen = {o["Key"]: [o["Size"], o["ETag"]] for o in remaining}
-        waiting = len(remaining) - sum(1 for o in remaining if seen.get(o["Key"]) != [o["Size"], o["ETag"]])
-        summary = (f"{len(run_requests)} new, {already} already known, {rejected} rejected, "
-                   f"{len(new_seen) - waiting} not yet stable, {waiting} waiting for the next tick")
-        context.log.info(summary)
-        return dg.SensorResult(
-            run_requests=run_requests,
-            dynamic_partitions_requests=[
-                registry.get(kind).partitions.build_add_request(keys)
-                for kind, keys in new_keys.items() if keys
-            ],
-            cursor=json.dumps({"since": new_since, "taken": new_taken, "seen": new_seen,
-                               "last_tick": summary,
-                               "at": dt.datetime.fromtimestamp(time.time(), dt.timezone.utc).isoformat(
-                                   timespec="seconds")}, sort_keys=True),
-            skip_reason=None if run_requests else dg.SkipReason(f"nothing new: {summary}"),
-        )
+        return s3_upload_tick(context, s3_inbox, media_store)
 
     return s3_upload_sensor

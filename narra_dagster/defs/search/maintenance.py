@@ -1,10 +1,12 @@
 """Assets of the search index itself (group ``search``): its upkeep as it grows."""
 
 import datetime as dt
+import warnings
 
 import dagster as dg
 
 from narra_dagster.core import pools
+from narra_dagster.defs.search.settings import GROUP as SETTINGS_GROUP
 from narra_dagster.resources.search_index import SearchIndex
 
 GROUP = "search"
@@ -65,11 +67,14 @@ search_index_maintenance_job = dg.define_asset_job(
     description="Compact and index the search table.")
 
 
-narra_automation_sensor = dg.AutomationConditionSensorDefinition(
-    "narra_automation_sensor",
-    target=dg.AssetSelection.groups(GROUP, "pipeline_settings"),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=60,
-    description="Evaluates the automation conditions of the search index upkeep (daily) and of "
-                "the pipeline settings observations (every 10 minutes).",
-)
+with warnings.catch_warnings():  # include_sources is beta in Dagster 1.13
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    narra_automation_sensor = dg.AutomationConditionSensorDefinition(
+        "narra_automation_sensor",
+        target=(dg.AssetSelection.groups(GROUP)
+                | dg.AssetSelection.groups(SETTINGS_GROUP, include_sources=True)),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=60,
+        description="Evaluates the automation conditions of the search index upkeep (daily) and of "
+                    "the pipeline settings observations (every 10 minutes).",
+    )

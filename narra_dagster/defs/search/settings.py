@@ -99,9 +99,12 @@ with warnings.catch_warnings():
 
 settings_assets = [transcription_model, embedding_model, chunking_settings]
 
-settings_observation_job = dg.define_asset_job(
-    "pipeline_settings_observation",
-    selection=dg.AssetSelection.groups(GROUP),
-    description="Observe the configured models and chunking limits, so a change marks the "
-                "partitions made with the old ones stale.",
-)
+# Selecting source assets by group is beta in Dagster 1.13 (include_sources).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    settings_observation_job = dg.define_asset_job(
+        "pipeline_settings_observation",
+        selection=dg.AssetSelection.groups(GROUP, include_sources=True),
+        description="Observe the configured models and chunking limits, so a change marks the "
+                    "partitions made with the old ones stale.",
+    )
