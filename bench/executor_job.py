@@ -48,7 +48,7 @@ def main(path: str) -> dict:
     from pathlib import Path
 
     from narra_dagster import registry
-    from narra_dagster.core.intake import store_upload
+    from narra_dagster.defs.intake.uploads import store_upload
     from narra_dagster.resources import LocalMediaStore
 
     instance = dg.DagsterInstance.get()

@@ -19,7 +19,7 @@ started = time.perf_counter()
 import dagster as dg  # noqa: E402
 
 from narra_dagster import registry  # noqa: E402
-from narra_dagster.core.intake import store_upload  # noqa: E402
+from narra_dagster.defs.intake.uploads import store_upload  # noqa: E402
 from narra_dagster.resources import default_resources  # noqa: E402
 
 

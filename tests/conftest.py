@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from tests.support.chains import video_assets
-from narra_dagster.core.intake import store_upload
+from narra_dagster.defs.intake.uploads import store_upload
 from narra_dagster.resources import (
     FasterWhisperTranscriber,
     LanceSearchIndex,

@@ -7,7 +7,7 @@ import sys
 
 import dagster as dg
 
-from narra_dagster.core.intake import store_upload
+from narra_dagster.defs.intake.uploads import store_upload
 from narra_dagster.resources import LocalMediaStore
 
 from .conftest import REPO, SAMPLE_VIDEO, subprocess_env

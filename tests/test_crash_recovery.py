@@ -135,7 +135,7 @@ def test_sigkill_during_transcription_recovers_cleanly(home, tmp_path, monkeypat
 
 
 def test_an_interrupted_write_leaves_the_old_artifact_and_rows(home, resources, speech_video, instance):
-    from narra_dagster.core.intake import store_upload
+    from narra_dagster.defs.intake.uploads import store_upload
     from narra_dagster.resources import LanceSearchIndex
 
     from .conftest import ingest_and_materialize

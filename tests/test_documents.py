@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from narra_dagster.defs.document import pdf
 from tests.support.chains import document_assets
 from narra_dagster.core.errors import BadInputError
-from narra_dagster.core.intake import store_upload
+from narra_dagster.defs.intake.uploads import store_upload
 from narra_dagster.core.runs import run_failure
 from narra_dagster.resources import LanceSearchIndex, LocalMediaStore
 from narra_dagster.core.summarize import candidate_phrases

@@ -7,7 +7,7 @@ import numpy as np
 
 from tests.support.chains import video_assets
 from narra_dagster.defs.video.enrichment import video_enrichment
-from narra_dagster.core.intake import store_upload
+from narra_dagster.defs.intake.uploads import store_upload
 from narra_dagster.core.summarize import extractive_summary, mmr
 
 from .conftest import SAMPLE_VIDEO

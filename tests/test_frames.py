@@ -21,7 +21,7 @@ from narra_dagster.defs.video.frames import (
     video_keyframes,
 )
 from narra_dagster.defs.video.assets import video_source
-from narra_dagster.core.intake import store_upload
+from narra_dagster.defs.intake.uploads import store_upload
 from narra_dagster.resources import LanceSearchIndex, LocalMediaStore
 
 from .conftest import REPO, subprocess_env

@@ -176,7 +176,7 @@ def image_resources(home, embedder, image_classifier) -> dict:
 
 
 def _process(path, res, instance, *, source_name=None):
-    from narra_dagster.core.intake import store_upload
+    from narra_dagster.defs.intake.uploads import store_upload
 
     upload = store_upload(path, res["media_store"], source_name=source_name)
     assert upload.kind == "image"

@@ -7,7 +7,7 @@ import pytest
 
 from narra_dagster.defs.video.chunking import chunk_segments
 from narra_dagster.core.errors import BadInputError
-from narra_dagster.core.intake import classify_upload, store_upload
+from narra_dagster.defs.intake.uploads import classify_upload, store_upload
 from narra_dagster import registry
 from narra_dagster.core.media import partition_key_for
 from narra_dagster.resources import LocalMediaStore

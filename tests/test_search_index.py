@@ -51,8 +51,15 @@ def test_hybrid_search_ranks_the_right_chunk_and_filters_kind(tmp_path, embedder
     assert {h.kind for h in video_hits} == {"video"}
     assert video_hits[0].chunk_index == 1
     assert video_hits[0].start_s == 11.0  # "rocket" is the second word of the chunk at 10 s
+    # Kinds are the registry's to know: the application layer rejects an unknown one, the
+    # index only refuses what is not a kind name at all (it goes into a filter expression).
+    from narra_dagster.app.queries import search_text
+    from narra_dagster.registry import UnknownKindError
+
+    with pytest.raises(UnknownKindError, match="video"):
+        search_text(query, embedder=embedder, search_index=index, kind="spreadsheet")
     with pytest.raises(ValueError):
-        index.search(query, np.zeros(384, np.float32), kind="spreadsheet")
+        index.search(query, np.zeros(384, np.float32), kind="x' OR '1'='1")
 
 
 def test_each_origin_of_an_item_owns_its_rows(tmp_path, embedder):

@@ -14,7 +14,7 @@ import dagster as dg
 from narra_dagster import registry
 from narra_dagster.core.batch import BATCH_TAG, batch_item_tag, batch_run_config, item_results
 from narra_dagster.core.errors import BadInputError
-from narra_dagster.core.intake import store_upload
+from narra_dagster.defs.intake.uploads import store_upload
 from narra_dagster.core.runs import run_failure
 from narra_dagster.app.status import last_materialization
 from narra_dagster.resources.media_store import MediaStore

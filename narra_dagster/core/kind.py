@@ -18,7 +18,7 @@ from narra_dagster import PIPELINE_VERSION
 from narra_dagster.core.stage import Stage, StageSet
 
 if TYPE_CHECKING:
-    from narra_dagster.core.intake import Upload
+    from narra_dagster.defs.intake.uploads import Upload
 
 
 def printable(name: str, limit: int = 200) -> str:

@@ -1,1 +1,1 @@
-"""events"""
+"""Domain events out: the sensor that turns runs into ``analysis.*`` and ``<stage>.*`` events."""

@@ -23,7 +23,7 @@ import dagster as dg
 
 from narra_dagster import registry
 from narra_dagster.core.errors import BadInputError
-from narra_dagster.core.intake import store_upload
+from narra_dagster.defs.intake.uploads import store_upload
 from narra_dagster.core.kind import printable
 from narra_dagster.resources.inbox import LocalInbox
 from narra_dagster.resources.media_store import MediaStore
