@@ -103,15 +103,7 @@ def make_talking_video(
 
     if len(photos) != len(sentences):
         raise ValueError("one photo per sentence")
-    timeline: list[SpokenSentence] = []
-    pieces = [np.zeros(int(lead_in_s * _AUDIO_RATE), np.float32)]
-    cursor = lead_in_s
-    for text in sentences:
-        speech = synthesize_speech(text)
-        timeline.append(SpokenSentence(text, cursor, cursor + len(speech) / _AUDIO_RATE))
-        pieces += [speech, np.zeros(int(gap_s * _AUDIO_RATE), np.float32)]
-        cursor += len(speech) / _AUDIO_RATE + gap_s
-    audio = np.concatenate(pieces)
+    audio, timeline = speak(sentences, gap_s=gap_s, lead_in_s=lead_in_s)
     duration = len(audio) / _AUDIO_RATE
     frames = [_photo(name, size) for name in photos]
 

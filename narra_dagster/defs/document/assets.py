@@ -14,12 +14,13 @@ import dagster as dg
 import numpy as np
 
 from narra_dagster.core import pools
+from narra_dagster.core.embeddings import embed_chunks, embeddings_check_spec
 from narra_dagster.core.stage import upload_name
 from narra_dagster.core.summarize import split_sentences, summarize, summary_markdown
 from narra_dagster.defs.document import pdf
 from narra_dagster.defs.document.partitions import document_stage
 from narra_dagster.defs.search.settings import EMBEDDING_MODEL
-from narra_dagster.resources.embedder import EMBEDDING_DIM, TextEmbedder
+from narra_dagster.resources.embedder import TextEmbedder
 from narra_dagster.resources.media_store import SOURCE, MediaStore
 from narra_dagster.resources.ocr import OcrEngine
 from narra_dagster.resources.search_index import IndexRow, SearchIndex
@@ -32,10 +33,8 @@ SUMMARY = "summary.json"
 SUMMARY_MD = "summary.md"
 
 CHECK_TEXT_FOUND = "document_text_found"
-CHECK_EMBEDDINGS_VALID = "embeddings_shape_and_norm"
 CHECK_INDEX_ROWS = "index_rows_match_chunks"
 
-NORM_TOLERANCE = 1e-3
 
 
 def _cell(text: str, limit: int = 90) -> str:
@@ -221,43 +220,24 @@ def document_chunks(key: str, *, media_store: MediaStore,
 
 
 @document_stage(
-    kinds={"onnx"},
+    kinds={"ctranslate2"},
     deps=[document_chunks, EMBEDDING_MODEL],
     retry=True,
-    check_specs=[dg.AssetCheckSpec(CHECK_EMBEDDINGS_VALID, asset="document_chunk_embeddings",
-                                   description="float32 [chunks, 384], finite, unit L2 norm.")],
+    check_specs=[embeddings_check_spec("document_chunk_embeddings")],
 )
 def document_chunk_embeddings(key: str, *, media_store: MediaStore, embedder: TextEmbedder,
-                                    log: logging.Logger) -> dg.MaterializeResult:
-    """One MiniLM embedding per chunk: float32 [chunks, 384], L2-normalized.
-
-    One embedding per chunk: float32 [chunks, 384], L2-normalized, stored as ``.npy``."""
+                              log: logging.Logger) -> dg.MaterializeResult:
+    """One MiniLM embedding per chunk: float32 [chunks, 384], L2-normalized, stored as
+    ``embeddings.npy``; the ``embeddings_shape_and_norm`` check verifies shape, dtype and norm."""
     chunks = media_store.read_json(key, CHUNKS)
-    started = time.perf_counter()
-    vectors = (embedder.embed([c["text"] for c in chunks]) if chunks
-               else np.zeros((0, EMBEDDING_DIM), np.float32))
-    elapsed = time.perf_counter() - started
-    with media_store.writer(key, EMBEDDINGS) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, vectors)
-    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.ones(0)
-    max_norm_error = float(np.max(np.abs(norms - 1.0))) if len(norms) else 0.0
-    valid = (vectors.shape == (len(chunks), EMBEDDING_DIM) and vectors.dtype == np.float32
-             and bool(np.isfinite(vectors).all()) and max_norm_error <= NORM_TOLERANCE)
+    result, elapsed = embed_chunks(key, [c["text"] for c in chunks], EMBEDDINGS,
+                                   media_store=media_store, embedder=embedder)
     pages = len({c["page"] for c in chunks}) or 1
     log.info(f"{key}: embedded {len(chunks)} chunks in {elapsed:.3f} s")
     return dg.MaterializeResult(
-        metadata={
-            "model": embedder.model_name,
-            "shape": str(list(vectors.shape)),
-            "embedding_s": dg.MetadataValue.float(round(elapsed, 4)),
-            "embedding_s_per_page": dg.MetadataValue.float(round(elapsed / pages, 5)),
-            "path": dg.MetadataValue.path(media_store.uri(key, EMBEDDINGS)),
-        },
-        check_results=[dg.AssetCheckResult(
-            check_name=CHECK_EMBEDDINGS_VALID, passed=valid,
-            metadata={"shape": str(list(vectors.shape)), "dtype": str(vectors.dtype),
-                      "max_norm_error": max_norm_error})],
-    )
+        metadata={**result.metadata,
+                  "embedding_s_per_page": dg.MetadataValue.float(round(elapsed / pages, 5))},
+        check_results=result.check_results)
 
 
 @document_stage(

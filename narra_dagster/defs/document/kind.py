@@ -1,7 +1,5 @@
 """The document (PDF) kind's registry entry."""
 
-import dagster as dg
-
 from narra_dagster.core.kind import MediaKind
 from narra_dagster.defs.document import assets, pdf  # noqa: F401 - assets registers the stages
 from narra_dagster.defs.document.partitions import document_stage
@@ -14,9 +12,3 @@ DOCUMENT = MediaKind(
     extensions=pdf.EXTENSIONS,
     description="Every stage of one PDF, from its pages to its summary and index rows.",
 )
-
-
-@dg.definitions
-def document_definitions() -> dg.Definitions:
-    """The PDF stages and the ``document_pipeline`` and ``document_batch`` jobs."""
-    return DOCUMENT.definitions()

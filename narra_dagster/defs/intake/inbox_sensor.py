@@ -23,7 +23,7 @@ import dagster as dg
 
 from narra_dagster import registry
 from narra_dagster.core.errors import BadInputError
-from narra_dagster.defs.intake.uploads import store_upload
+from narra_dagster.defs.intake.uploads import NewItems, store_upload
 from narra_dagster.core.kind import printable
 from narra_dagster.resources.inbox import LocalInbox
 from narra_dagster.resources.media_store import MediaStore
@@ -46,9 +46,8 @@ def upload_sensor(
 
     stable, unstable = inbox.candidates(time.time())
     registered: dict[str, tuple[str, int, int]] = {}
-    new_keys: dict[str, list[str]] = {}
-    run_requests: list[dg.RunRequest] = []
-    rejected = already = 0
+    new = NewItems(context.instance)
+    rejected = 0
     for entry in stable[: inbox.max_per_tick]:
         stat = entry.stat()
         try:
@@ -62,27 +61,11 @@ def upload_sensor(
             context.log.warning(f"could not read {printable(entry.name)} yet: {exc}")
             continue
         registered[entry.name] = (upload.partition_key, stat.st_size, stat.st_mtime_ns)
-        kind = registry.get(upload.kind)
-        keys = new_keys.setdefault(upload.kind, [])
-        if upload.partition_key in keys or context.instance.has_dynamic_partition(
-            kind.partitions.name, upload.partition_key
-        ):
-            already += 1
-            continue
-        keys.append(upload.partition_key)
-        run_requests.append(kind.run_request(upload))
+        new.add(upload)
 
     waiting = max(0, len(stable) - inbox.max_per_tick)
-    summary = (f"{len(run_requests)} new, {already} already known, {rejected} rejected, "
+    summary = (f"{len(new.run_requests)} new, {new.already} already known, {rejected} rejected, "
                f"{moved} moved to processed, {unstable} still being written, {waiting} waiting")
     context.log.info(summary)
-    new_cursor = json.dumps({"registered": registered, "last_tick": summary}, sort_keys=True)
-    return dg.SensorResult(
-        run_requests=run_requests,
-        dynamic_partitions_requests=[
-            registry.get(kind).partitions.build_add_request(keys)
-            for kind, keys in new_keys.items() if keys
-        ],
-        cursor=new_cursor,
-        skip_reason=None if run_requests else dg.SkipReason(f"nothing new: {summary}"),
-    )
+    return new.sensor_result(
+        json.dumps({"registered": registered, "last_tick": summary}, sort_keys=True), summary)

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 import dagster as dg
 from narra_dagster import registry
 from narra_dagster.core.errors import BadInputError
-from narra_dagster.defs.intake.uploads import store_upload
+from narra_dagster.defs.intake.uploads import NewItems, store_upload
 from narra_dagster.core.kind import printable
 from narra_dagster.resources.media_store import MediaStore
 
@@ -52,9 +52,8 @@ def s3_upload_tick(context: dg.SensorEvaluationContext, s3_inbox, media_store: M
     picked = stable[: s3_inbox.max_per_tick]
     picked_keys = {o["Key"] for o in picked}
 
-    new_keys: dict[str, list[str]] = {}
-    run_requests: list[dg.RunRequest] = []
-    rejected = already = 0
+    new = NewItems(context.instance)
+    rejected = 0
     for obj in picked:
         name = PurePosixPath(obj["Key"]).name
         with tempfile.TemporaryDirectory(prefix="narra-s3-") as tmp:
@@ -67,14 +66,7 @@ def s3_upload_tick(context: dg.SensorEvaluationContext, s3_inbox, media_store: M
                 context.log.warning(f"rejected {_uri(s3_inbox, printable(obj['Key']))}: [{exc.code}] {exc}")
                 rejected += 1
                 continue
-        kind = registry.get(upload.kind)
-        keys = new_keys.setdefault(upload.kind, [])
-        if upload.partition_key in keys or context.instance.has_dynamic_partition(
-                kind.partitions.name, upload.partition_key):
-            already += 1
-            continue
-        keys.append(upload.partition_key)
-        run_requests.append(kind.run_request(upload))
+        new.add(upload)
 
     remaining = [o for o in fresh if o["Key"] not in picked_keys]
     if remaining:
@@ -86,21 +78,15 @@ def s3_upload_tick(context: dg.SensorEvaluationContext, s3_inbox, media_store: M
     new_taken.update({o["Key"]: o["ETag"] for o in picked})
     new_seen = {o["Key"]: [o["Size"], o["ETag"]] for o in remaining}
     waiting = len(remaining) - sum(1 for o in remaining if seen.get(o["Key"]) != [o["Size"], o["ETag"]])
-    summary = (f"{len(run_requests)} new, {already} already known, {rejected} rejected, "
+    summary = (f"{len(new.run_requests)} new, {new.already} already known, {rejected} rejected, "
                f"{len(new_seen) - waiting} not yet stable, {waiting} waiting for the next tick")
     context.log.info(summary)
-    return dg.SensorResult(
-        run_requests=run_requests,
-        dynamic_partitions_requests=[
-            registry.get(kind).partitions.build_add_request(keys)
-            for kind, keys in new_keys.items() if keys
-        ],
-        cursor=json.dumps({"since": new_since, "taken": new_taken, "seen": new_seen,
-                           "last_tick": summary,
-                           "at": dt.datetime.fromtimestamp(time.time(), dt.timezone.utc).isoformat(
-                               timespec="seconds")}, sort_keys=True),
-        skip_reason=None if run_requests else dg.SkipReason(f"nothing new: {summary}"),
-    )
+    return new.sensor_result(
+        json.dumps({"since": new_since, "taken": new_taken, "seen": new_seen,
+                    "last_tick": summary,
+                    "at": dt.datetime.fromtimestamp(time.time(), dt.timezone.utc).isoformat(
+                        timespec="seconds")}, sort_keys=True),
+        summary)
 
 
 def build_s3_upload_sensor() -> dg.SensorDefinition:

@@ -7,6 +7,8 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
+
 from narra_dagster import registry
 from narra_dagster.core.errors import BadInputError
 from narra_dagster.core.kind import MediaKind
@@ -67,10 +69,48 @@ def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None
     else:
         size = path.stat().st_size
     if not media_store.exists(key, MANIFEST):
+        declared = registry.kind_for_extension(name)  # what the name claims, checked by each stage
         media_store.write_json(key, MANIFEST, {
-            "partition_key": key, "kind": kind, "declared_kind": getattr(registry.kind_for_extension(name), "name", None),
+            "partition_key": key, "kind": kind, "declared_kind": declared.name if declared else None,
             "source_name": name, "size_bytes": size,
             "sha256": digest, "ingested_by": ingested_by,
             "ingested_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })
     return Upload(partition_key=key, kind=kind, source_name=name, size_bytes=size, sha256=digest)
+
+
+class NewItems:
+    """What one sensor tick asks Dagster for: the partitions of new contents and their runs.
+
+    A content already a partition (uploaded before, or twice in this tick) adds nothing; so
+    does its run key, which is idempotent per item anyway.
+    """
+
+    def __init__(self, instance: dg.DagsterInstance):
+        self._instance = instance
+        self._keys: dict[str, list[str]] = {}
+        self.run_requests: list[dg.RunRequest] = []
+        self.already = 0
+
+    def add(self, upload: Upload) -> bool:
+        """Take one stored upload; True when it is a new item (its partition and run asked)."""
+        kind = registry.get(upload.kind)
+        keys = self._keys.setdefault(kind.name, [])
+        if upload.partition_key in keys or self._instance.has_dynamic_partition(
+                kind.partitions.name, upload.partition_key):
+            self.already += 1
+            return False
+        keys.append(upload.partition_key)
+        self.run_requests.append(kind.run_request(upload))
+        return True
+
+    def sensor_result(self, cursor: str, summary: str) -> dg.SensorResult:
+        """The tick's ``SensorResult``: one add request per kind, the run requests, the cursor,
+        and a skip reason saying ``summary`` when nothing is new."""
+        return dg.SensorResult(
+            run_requests=self.run_requests,
+            dynamic_partitions_requests=[registry.get(kind).partitions.build_add_request(keys)
+                                         for kind, keys in self._keys.items() if keys],
+            cursor=cursor,
+            skip_reason=None if self.run_requests else dg.SkipReason(f"nothing new: {summary}"),
+        )

@@ -15,12 +15,13 @@ import dagster as dg
 import numpy as np
 
 from narra_dagster.core import pools
+from narra_dagster.core.embeddings import embed_chunks, embeddings_check_spec
 from narra_dagster.core.stage import upload_name
 from narra_dagster.defs.search.settings import CHUNKING_SETTINGS, EMBEDDING_MODEL, TRANSCRIPTION_MODEL
 from narra_dagster.defs.video import avio
 from narra_dagster.defs.video.chunking import Chunk, chunk_segments
 from narra_dagster.defs.video.partitions import video_stage
-from narra_dagster.resources.embedder import EMBEDDING_DIM, TextEmbedder
+from narra_dagster.resources.embedder import TextEmbedder
 from narra_dagster.resources.media_store import SOURCE, MediaStore
 from narra_dagster.resources.search_index import IndexRow, SearchIndex
 from narra_dagster.resources.speech import Transcript
@@ -33,11 +34,9 @@ CHUNKS = "chunks.json"
 EMBEDDINGS = "embeddings.npy"
 
 CHECK_TRANSCRIPT_CONFIDENCE = "transcript_confidence"
-CHECK_EMBEDDINGS_VALID = "embeddings_shape_and_norm"
 CHECK_INDEX_ROWS = "index_rows_match_chunks"
 
 MIN_MEAN_CONFIDENCE = 0.5
-NORM_TOLERANCE = 1e-3
 
 
 def _fmt_time(seconds: float) -> str:
@@ -192,44 +191,17 @@ def _load_chunks(media_store: MediaStore, key: str) -> list[Chunk]:
     kinds={"ctranslate2"},
     deps=[video_chunks, EMBEDDING_MODEL],
     retry=True,
-    check_specs=[dg.AssetCheckSpec(CHECK_EMBEDDINGS_VALID, asset="video_chunk_embeddings",
-                                   description="float32 [chunks, 384], finite, unit L2 norm.")],
+    check_specs=[embeddings_check_spec("video_chunk_embeddings")],
 )
 def video_chunk_embeddings(key: str, *, media_store: MediaStore, embedder: TextEmbedder,
                            log: logging.Logger) -> dg.MaterializeResult:
     """One embedding per chunk: float32 [chunks, 384], L2-normalized, stored as
     ``embeddings.npy``; the ``embeddings_shape_and_norm`` check verifies shape, dtype and norm."""
     chunks = _load_chunks(media_store, key)
-    started = time.perf_counter()
-    vectors = embedder.embed([c.text for c in chunks]) if chunks else np.zeros((0, EMBEDDING_DIM), np.float32)
-    elapsed = time.perf_counter() - started
-    with media_store.writer(key, EMBEDDINGS) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, vectors)
-    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.ones(0)
-    max_norm_error = float(np.max(np.abs(norms - 1.0))) if len(norms) else 0.0
-    valid = (
-        vectors.shape == (len(chunks), EMBEDDING_DIM)
-        and vectors.dtype == np.float32
-        and bool(np.isfinite(vectors).all())
-        and max_norm_error <= NORM_TOLERANCE
-    )
-    return dg.MaterializeResult(
-        metadata={
-            "model": embedder.model_name,
-            "shape": str(list(vectors.shape)),
-            "embedding_s": dg.MetadataValue.float(round(elapsed, 4)),
-            "path": dg.MetadataValue.path(media_store.uri(key, EMBEDDINGS)),
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=CHECK_EMBEDDINGS_VALID,
-                passed=valid,
-                metadata={"shape": str(list(vectors.shape)), "dtype": str(vectors.dtype),
-                          "max_norm_error": max_norm_error},
-            )
-        ],
-    )
+    result, elapsed = embed_chunks(key, [c.text for c in chunks], EMBEDDINGS,
+                                   media_store=media_store, embedder=embedder)
+    log.info(f"{key}: embedded {len(chunks)} chunks in {elapsed:.3f} s")
+    return result
 
 
 @video_stage(

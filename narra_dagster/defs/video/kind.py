@@ -1,8 +1,6 @@
 """The video kind's registry entry. Audio-only files are this kind too (see the README's
 "Audio" section for why): they take the same chain, and the picture stages keep nothing."""
 
-import dagster as dg
-
 from narra_dagster.core.kind import MediaKind
 from narra_dagster.defs.video import assets, avio, enrichment, frames  # noqa: F401 - stages
 from narra_dagster.defs.video.partitions import video_stage
@@ -15,9 +13,3 @@ VIDEO = MediaKind(
     extensions=avio.EXTENSIONS,
     description="Every stage of one video or audio file, from the upload to its search index rows.",
 )
-
-
-@dg.definitions
-def video_definitions() -> dg.Definitions:
-    """The video stages and the ``video_pipeline`` and ``video_batch`` jobs."""
-    return VIDEO.definitions()
