@@ -29,7 +29,13 @@ from narra_dagster.app.processing import process_files
 from narra_dagster.app.queries import search_text
 from narra_dagster.definitions import build_defs
 from narra_dagster.resources import LanceImageIndex, LanceSearchIndex, LocalMediaStore
-from tests.support.media import AUDIO_CONTAINERS, make_talking_video, speak, write_audio
+from tests.support.media import (
+    AUDIO_CONTAINERS,
+    flate_bomb_pdf,
+    make_talking_video,
+    speak,
+    write_audio,
+)
 
 MIME_SPEC = Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf")
 
@@ -137,7 +143,8 @@ def _bad_pdfs(folder: Path) -> dict[str, tuple[Path, str]]:
     return {"text named .pdf": (folder / "notes.pdf", "not_pdf"),
             "garbled xref": (folder / "broken.pdf", "corrupt_pdf"),
             "password": (folder / "locked.pdf", "encrypted_pdf"),
-            "pdf named .png": (folder / "spec.png", "type_mismatch")}
+            "pdf named .png": (folder / "spec.png", "type_mismatch"),
+            "flate bomb": (flate_bomb_pdf(folder / "bomb.pdf"), "decompression_bomb")}
 
 
 # Contract cases per registry kind. "video" has two variants: a talking video and the same

@@ -302,3 +302,22 @@ def test_a_pdf_encrypted_with_an_empty_password_is_read_and_ocrd(doc_resources, 
     assert _metadata(result, "document_source")["encrypted"] is True
     pages = doc_resources["media_store"].read_json(key, "pages.json")
     assert pages[0]["method"] == "ocr" and "seagulls" in pages[0]["text"].lower()
+
+
+def test_a_page_declaring_a_huge_size_is_rendered_within_the_pixel_budget(tmp_path):
+    """A 20000 x 20000 pt page would be 1.7 billion pixels at 150 dpi; it is drawn smaller."""
+    writer = pypdf.PdfWriter()
+    writer.add_blank_page(width=20_000, height=20_000)
+    writer.write(tmp_path / "huge.pdf")
+    image = pdf.render_page(tmp_path / "huge.pdf", 0)
+    assert image.shape[0] * image.shape[1] <= pdf.MAX_RENDER_PIXELS
+    assert image.shape[0] > 5000  # still as sharp as the budget allows
+
+
+def test_a_flate_bomb_fails_before_pdfium_inflates_it(doc_resources, instance, tmp_path):
+    from tests.support.media import flate_bomb_pdf
+
+    key, result = materialize_pdf(flate_bomb_pdf(tmp_path / "bomb.pdf"), doc_resources, instance)
+    assert not result.success
+    message, error_class = run_failure(instance, result.run_id)
+    assert error_class == "decompression_bomb", message

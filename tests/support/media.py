@@ -213,3 +213,29 @@ def _pad(frame, block: int, sample_format: str, rate: int):
     out = av.AudioFrame.from_ndarray(padded, format=sample_format, layout="mono")
     out.sample_rate, out.pts, out.time_base = rate, frame.pts, frame.time_base
     return out
+
+
+def flate_bomb_pdf(path: Path, inflated_mib: int = 128) -> Path:
+    """A one-page PDF whose content stream is ``inflated_mib`` MiB of no-op operators
+    (``q Q``) compressed with FlateDecode: about 1 KB on disk per MiB inflated."""
+    import zlib
+
+    unit = b"q Q " * (1 << 18)  # 1 MiB
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(unit) for _ in range(inflated_mib)) + compressor.flush()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+               b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(data) + data
+               + b"\nendstream"]
+    out, offsets = bytearray(b"%PDF-1.7\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, xref)
+    path.write_bytes(bytes(out))
+    return path

@@ -116,6 +116,9 @@ def extract_pages(path, reader, *, ocr: OcrEngine, password: str | None,
             entry.update(method="skipped", text=text)
         else:
             ocr_done += 1
+            # Before PDFium renders the page (it inflates without a limit), make sure what it
+            # would draw is bounded; raises decompression_bomb otherwise.
+            pdf.check_render_bounds(reader.pages[index], index + 1)
             try:
                 t0 = time.perf_counter()
                 image = pdf.render_page(path, index, password=password)

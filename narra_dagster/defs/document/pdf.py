@@ -50,6 +50,17 @@ MAX_OCR_PAGES = 300
 # hit's page and text specific.
 MAX_CHUNK_WORDS = 80
 EXTENSIONS = (".pdf",)
+# What pypdf inflates at most per stream (its default ``ZLIB_MAX_OUTPUT_LENGTH``, 75 MB in pypdf
+# 7): past it pypdf raises LimitReachedError, which the pages stage reports as
+# ``decompression_bomb``.
+MAX_STREAM_BYTES = 75_000_000
+# A page is rendered for OCR at OCR_DPI unless that gives more pixels than this (an A4 page at
+# 150 dpi is 2.2 million); a page declaring a huge MediaBox is rendered smaller instead, so the
+# bitmap stays under 4 bytes x 40 million = 160 MB.
+MAX_RENDER_PIXELS = 40_000_000
+# Pillow's own default limit for one image (``Image.MAX_IMAGE_PIXELS``), applied to the images a
+# page declares before PDFium decodes them.
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 def recognise(head: bytes) -> bool:
@@ -223,13 +234,55 @@ def has_text_layer(text: str) -> bool:
     return sum(ch.isalnum() for ch in text) >= MIN_TEXT_CHARS
 
 
+def check_render_bounds(page, number: int) -> None:
+    """Refuse a page whose drawing would inflate past the limits before PDFium renders it:
+    its content streams past :data:`MAX_STREAM_BYTES` decoded (pypdf stops there), or an image
+    declaring more than :data:`MAX_IMAGE_PIXELS` pixels. PDFium itself has no such limit:
+    measured here, one page whose 1 MB content stream inflates to 1 GiB took it to 2.4 GB.
+
+    Args:
+        page: a ``pypdf.PageObject``.
+        number: its 1-based page number, for the message.
+
+    Raises:
+        BadInputError: ``decompression_bomb``.
+    """
+    from pypdf.errors import LimitReachedError
+
+    try:
+        contents = page.get_contents()
+        if contents is not None:
+            contents.get_data()
+    except LimitReachedError as exc:
+        raise BadInputError(
+            f"page {number}'s content inflates past {MAX_STREAM_BYTES // 10**6} MB: a "
+            f"decompression bomb, or a badly damaged file (pypdf: {exc})",
+            code="decompression_bomb") from exc
+    except Exception:  # noqa: BLE001 - damaged content is PDFium's to try; only size matters here
+        pass
+    try:
+        xobjects = page.get("/Resources", {}).get_object().get("/XObject", {}).get_object()
+        images = [x.get_object() for x in xobjects.values()]
+    except Exception:  # noqa: BLE001 - no readable resources: nothing declared to check
+        images = []
+    for image in images:
+        if image.get("/Subtype") != "/Image":
+            continue
+        pixels = int(image.get("/Width", 0)) * int(image.get("/Height", 0))
+        if pixels > MAX_IMAGE_PIXELS:
+            raise BadInputError(
+                f"page {number} holds an image that declares {pixels:,} pixels, over the "
+                f"{MAX_IMAGE_PIXELS:,} limit: a decompression bomb", code="decompression_bomb")
+
+
 def render_page(path: Path, index: int, *, dpi: int = OCR_DPI, password: str | None = None) -> np.ndarray:
     """Render one page with pypdfium2.
 
     Args:
         path: the PDF.
         index: 0-based page index.
-        dpi: resolution; the page's size in points (1/72 in) times dpi/72 gives pixels.
+        dpi: resolution; the page's size in points (1/72 in) times dpi/72 gives pixels, reduced
+            so that the bitmap has at most :data:`MAX_RENDER_PIXELS` pixels.
         password: for encrypted files ("" opens a file with an empty user password).
 
     Returns:
@@ -244,7 +297,12 @@ def render_page(path: Path, index: int, *, dpi: int = OCR_DPI, password: str | N
     try:
         page = document[index]
         try:
-            bitmap = page.render(scale=dpi / 72, fill_color=(255, 255, 255, 255))
+            width_pt, height_pt = page.get_size()
+            scale = dpi / 72
+            pixels = width_pt * height_pt * scale * scale
+            if pixels > MAX_RENDER_PIXELS:
+                scale *= 0.999 * (MAX_RENDER_PIXELS / pixels) ** 0.5  # PDFium rounds sizes up
+            bitmap = page.render(scale=scale, fill_color=(255, 255, 255, 255))
             return np.asarray(bitmap.to_pil().convert("RGB"))
         finally:
             page.close()
