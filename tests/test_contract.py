@@ -241,7 +241,8 @@ def test_bad_files_fail_alone_and_in_a_batch_with_the_same_class(kind, variant, 
             (result,) = process_files([path], instance, defs, batch=False)
             assert result.status == "failed", (name, result)
             assert result.error_class == expected, (name, result.error)
-            assert _retries(instance, result.run_id) == 0, name
+            if result.run_id:  # refused at intake (an empty file) starts no run
+                assert _retries(instance, result.run_id) == 0, name
             alone[name] = result.error_class
         assert all_resources["search_index"].count() == index_rows
     with dg.instance_for_test() as instance:

@@ -33,11 +33,16 @@ def classify_upload(path: Path) -> MediaKind:
     """Return the kind of a file that narra can process.
 
     Raises:
-        BadInputError: ``unsupported_type`` when the bytes and extension match no supported
-            kind, ``too_large`` past 20 GiB.
+        BadInputError: ``empty_file`` for 0 bytes (rejected before it becomes a partition: every
+            empty file has the same content, so it would be one item whatever its name),
+            ``unsupported_type`` when the bytes and extension match no supported kind,
+            ``too_large`` past 20 GiB.
         OSError: when the file cannot be read.
     """
     size = path.stat().st_size
+    if size == 0:
+        raise BadInputError("the file is empty (0 bytes): there is nothing to process",
+                            code="empty_file")
     if size > MAX_UPLOAD_BYTES:
         raise BadInputError(f"the file is {size} bytes, over the {MAX_UPLOAD_BYTES}-byte limit",
                             code="too_large")
