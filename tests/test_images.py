@@ -514,3 +514,27 @@ def test_index_texts_keep_confident_labels_and_real_text_lines():
     # The top label is indexed even when unsure.
     unsure = {"category": "object", "labels": [{"label": "mousetrap", "score": 0.01}]}
     assert index_texts(unsure, {"lines": []}) == [{"text": "mousetrap (object)", "box": None}]
+
+
+def test_a_misnamed_upload_is_processed_once_it_arrives_under_a_fitting_name(
+        image_resources, home, tmp_path):
+    """Names are metadata: a PNG named camera.mp4 fails only for its name; the same bytes given
+    again as camera.png are the same item, which then succeeds, with both names recorded."""
+    from narra_dagster.app.processing import process_files
+    from narra_dagster.app.status import partition_status
+    from narra_dagster.definitions import build_defs
+    from PIL import Image
+
+    defs = build_defs(image_resources)
+    Image.fromarray(skimage.data.camera()).save(tmp_path / "camera.mp4", "PNG")
+    (tmp_path / "renamed").mkdir()
+    (tmp_path / "renamed" / "camera.png").write_bytes((tmp_path / "camera.mp4").read_bytes())
+    with dg.instance_for_test() as instance:
+        (first,) = process_files([tmp_path / "camera.mp4"], instance, defs)
+        assert (first.status, first.error_class) == ("failed", "type_mismatch")
+        (second,) = process_files([tmp_path / "renamed" / "camera.png"], instance, defs)
+        assert second.partition_key == first.partition_key
+        assert second.status == "succeeded", second.error
+        (item,) = partition_status(instance, defs)
+        assert item["state"] == "searchable"
+        assert item["names"] == ["camera.mp4", "camera.png"]

@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -153,3 +154,41 @@ def test_hostile_file_names_are_metadata_only(instance, inbox, store, tmp_path):
         [kept] = list((inbox.processed_dir / key).iterdir())
         assert kept.name in names and kept.read_bytes() == store.read_bytes(key, "source")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inbox", "media"]
+
+
+def test_a_file_that_failed_only_for_its_name_runs_again_under_a_fitting_name(
+        tmp_path, instance, inbox, store):
+    """PNG bytes uploaded as camera.mp4 fail as a type mismatch; the same bytes uploaded again
+    as camera.png are the same item, recorded under both names, and run once more."""
+    import io
+
+    import skimage.data
+    from PIL import Image
+
+    from narra_dagster.core.errors import BadInputError
+    from narra_dagster.core.stage import check_declared_kind
+
+    buffer = io.BytesIO()
+    Image.fromarray(skimage.data.camera()).save(buffer, "PNG")
+    png = buffer.getvalue()
+    folder = Path(inbox.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "camera.mp4").write_bytes(png)
+
+    first = _tick(instance, inbox, store)
+    [request] = first.run_requests
+    key = request.partition_key
+    assert request.job_name == "image_pipeline"
+    with pytest.raises(BadInputError, match="camera.mp4"):  # what the run's first stage does
+        check_declared_kind(store.manifest(key))
+
+    (folder / "camera.png").write_bytes(png)
+    second = _tick(instance, inbox, store, first.cursor)
+    [again] = second.run_requests
+    assert again.partition_key == key and ":renamed:" in again.run_key
+    assert not second.dynamic_partitions_requests  # the same item, no new partition
+    assert [n["name"] for n in store.manifest(key)["names"]] == ["camera.mp4", "camera.png"]
+    check_declared_kind(store.manifest(key))  # passes now
+
+    (folder / "camera-copy.png").write_bytes(png)
+    assert not _tick(instance, inbox, store, second.cursor).run_requests  # fits already

@@ -10,6 +10,7 @@ import dagster as dg
 from narra_dagster import registry
 from narra_dagster.core.batch import batch_item_tag, item_results
 from narra_dagster.core.runs import run_failure
+from narra_dagster.core.stage import names_of
 from narra_dagster.resources.media_store import MediaStore
 
 
@@ -37,9 +38,11 @@ def partition_status(instance: dg.DagsterInstance, defs: dg.Definitions,
             if media_id and not key.startswith(media_id):
                 continue
             try:
-                source_name = media_store.manifest(key).get("source_name")
+                manifest = media_store.manifest(key)
             except (FileNotFoundError, ValueError):
-                source_name = None
+                manifest = {}
+            source_name = manifest.get("source_name")
+            names = [n["name"] for n in names_of(manifest)] if manifest else []
             assets = {}
             for asset in chain:
                 record = last_materialization(instance, asset, key)
@@ -64,7 +67,7 @@ def partition_status(instance: dg.DagsterInstance, defs: dg.Definitions,
                             "error": error, "error_class": error_class}
             done = all(assets.values())
             items.append({
-                "media_id": key, "kind": kind, "source_name": source_name,
+                "media_id": key, "kind": kind, "source_name": source_name, "names": names,
                 "state": "failed" if last_run and last_run["status"] == "FAILURE"
                 else ("searchable" if done else (last_run["status"].lower() if last_run else "registered")),
                 "last_run": last_run, "assets": assets,

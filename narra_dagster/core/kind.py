@@ -7,6 +7,7 @@ domain events, intake, search and the command line ask the registry; none of the
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -99,10 +100,18 @@ class MediaKind:
         same bytes never start a second run from any sensor."""
         return f"{self.name}:{partition_key}:v{PIPELINE_VERSION}"
 
-    def run_request(self, upload: Upload) -> dg.RunRequest:
-        """The run request that processes one new upload: its per-item job on its partition."""
+    def run_request(self, upload: Upload, reason: str | None = None) -> dg.RunRequest:
+        """The run request that processes one upload: its per-item job on its partition.
+
+        Args:
+            reason: why an item already run is run again (``"renamed"``), part of the run key
+                so that it is a new run, once.
+        """
+        run_key = self.run_key(upload.partition_key)
+        if reason:  # the name (hashed: any bytes a file system allows) makes it once per name
+            run_key += f":{reason}:{hashlib.sha256(upload.source_name.encode()).hexdigest()[:12]}"
         return dg.RunRequest(
-            run_key=self.run_key(upload.partition_key), job_name=self.job_name,
+            run_key=run_key, job_name=self.job_name,
             partition_key=upload.partition_key,
             tags={"narra/source_name": printable(upload.source_name)[:63] or "-",
                   "narra/kind": self.name})

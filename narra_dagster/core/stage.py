@@ -45,27 +45,44 @@ def upload_name(media_store: MediaStore, key: str) -> str | None:
         return None
 
 
+def names_of(manifest: dict) -> list[dict]:
+    """Every name an item was uploaded under, oldest first: ``[{"name", "declared_kind"}, ...]``
+    (manifests written before names were recorded hold one, ``source_name``)."""
+    return manifest.get("names") or [{"name": manifest.get("source_name"),
+                                      "declared_kind": manifest.get("declared_kind")}]
+
+
+def name_fits(manifest: dict) -> bool:
+    """True when some name of the item does not claim another kind than its bytes (a name with
+    the right extension, or none that narra knows): the item may be processed."""
+    kind = manifest.get("kind")
+    return not kind or any(n.get("declared_kind") in (None, kind) for n in names_of(manifest))
+
+
 def check_declared_kind(manifest: dict) -> None:
-    """Fail an item whose file name claims another kind than its bytes (``photo.pdf`` holding a
-    PNG). Such a file is routed by its bytes, then stopped: a misleading extension is usually a
-    mistake or a disguise, and processing it as something else than its uploader believes would
-    index the wrong thing under their name.
+    """Fail an item all of whose names claim another kind than its bytes (``photo.pdf`` holding
+    a PNG). Such a file is routed by its bytes, then stopped: a misleading extension is usually
+    a mistake or a disguise, and processing it as something else than its uploader believes
+    would index the wrong thing under their name. Names are metadata: once the same bytes are
+    uploaded under a fitting name (``photo.png``), the item passes.
 
     Args:
-        manifest: the item's manifest (``kind`` from the bytes, ``declared_kind`` from the name;
-            manifests written before ``declared_kind`` existed pass).
+        manifest: the item's manifest (``kind`` from the bytes; ``names``, each with the
+            ``declared_kind`` its extension claims).
 
     Raises:
-        BadInputError: ``type_mismatch`` when both kinds are known and differ.
+        BadInputError: ``type_mismatch`` when no name fits.
     """
     from narra_dagster import registry  # the registry imports every kind, and so this module
 
-    kind, declared = manifest.get("kind"), manifest.get("declared_kind")
-    if declared and kind and declared != kind:
-        raise BadInputError(
-            f"the file is named {manifest.get('source_name')!r}, which says "
-            f"{registry.noun(declared)}, but its bytes are {registry.noun(kind)}; rename it with "
-            "the right extension to process it", code="type_mismatch")
+    if name_fits(manifest):
+        return
+    kind = manifest["kind"]
+    last = names_of(manifest)[-1]
+    raise BadInputError(
+        f"the file is named {last['name']!r}, which says {registry.noun(last['declared_kind'])}, "
+        f"but its bytes are {registry.noun(kind)}; upload it again with the right extension "
+        "(the same bytes are the same item, which is then processed)", code="type_mismatch")
 
 
 def _guard_source(media_store: MediaStore, key: str) -> None:

@@ -13,6 +13,7 @@ from narra_dagster import registry
 from narra_dagster.core.errors import BadInputError
 from narra_dagster.core.kind import MediaKind
 from narra_dagster.core.media import KEY_LENGTH, file_sha256
+from narra_dagster.core.stage import name_fits, names_of
 from narra_dagster.resources.media_store import MANIFEST, SOURCE, MediaStore
 
 MAX_UPLOAD_BYTES = 20 * 1024**3  # 20 GiB: far beyond any clip, short of filling a disk by mistake
@@ -27,6 +28,9 @@ class Upload:
     source_name: str
     size_bytes: int
     sha256: str
+    renamed_to_fit: bool = False
+    """The item had only names claiming another kind, and this upload gave it one that fits:
+    it failed only because of its name and should be processed again."""
 
 
 def classify_upload(path: Path) -> MediaKind:
@@ -59,7 +63,8 @@ def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None
     """Hash a file, copy it into the media store under its partition key, record a manifest.
 
     Idempotent: the same bytes give the same key, and an item already in the store is not
-    copied again. The original name is kept only as metadata in the manifest.
+    copied again. Names are metadata: each new name the same bytes arrive under is added to the
+    manifest's ``names`` (``source_name`` stays the first).
 
     Raises:
         BadInputError: see :func:`classify_upload`.
@@ -73,15 +78,27 @@ def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None
         size = media_store.put_file(key, SOURCE, path)
     else:
         size = path.stat().st_size
+    declared = registry.kind_for_extension(name)  # what the name claims, checked by each stage
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    entry = {"name": name, "declared_kind": declared.name if declared else None,
+             "ingested_by": ingested_by, "ingested_at": now}
+    renamed_to_fit = False
     if not media_store.exists(key, MANIFEST):
-        declared = registry.kind_for_extension(name)  # what the name claims, checked by each stage
         media_store.write_json(key, MANIFEST, {
-            "partition_key": key, "kind": kind, "declared_kind": declared.name if declared else None,
-            "source_name": name, "size_bytes": size,
-            "sha256": digest, "ingested_by": ingested_by,
-            "ingested_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "partition_key": key, "kind": kind, "declared_kind": entry["declared_kind"],
+            "source_name": name, "size_bytes": size, "sha256": digest,
+            "ingested_by": ingested_by, "ingested_at": now, "names": [entry],
         })
-    return Upload(partition_key=key, kind=kind, source_name=name, size_bytes=size, sha256=digest)
+    else:
+        manifest = media_store.manifest(key)
+        names = names_of(manifest)
+        if name not in {n["name"] for n in names}:
+            fitted_before = name_fits(manifest)
+            manifest["names"] = [*names, entry]
+            media_store.write_json(key, MANIFEST, manifest)
+            renamed_to_fit = not fitted_before and name_fits(manifest)
+    return Upload(partition_key=key, kind=kind, source_name=name, size_bytes=size, sha256=digest,
+                  renamed_to_fit=renamed_to_fit)
 
 
 class NewItems:
@@ -98,12 +115,19 @@ class NewItems:
         self.already = 0
 
     def add(self, upload: Upload) -> bool:
-        """Take one stored upload; True when it is a new item (its partition and run asked)."""
+        """Take one stored upload; True when it is a new item (its partition and run asked), or
+        an item that failed only because of its name and now has one that fits (run again,
+        under a run key naming the fix)."""
         kind = registry.get(upload.kind)
         keys = self._keys.setdefault(kind.name, [])
-        if upload.partition_key in keys or self._instance.has_dynamic_partition(
-                kind.partitions.name, upload.partition_key):
+        if upload.partition_key in keys:  # new this tick: its run reads every name it has
             self.already += 1
+            return False
+        if self._instance.has_dynamic_partition(kind.partitions.name, upload.partition_key):
+            self.already += 1
+            if upload.renamed_to_fit:
+                self.run_requests.append(kind.run_request(upload, reason="renamed"))
+                return True
             return False
         keys.append(upload.partition_key)
         self.run_requests.append(kind.run_request(upload))
