@@ -1,4 +1,5 @@
-"""The `narra` command: process, ingest, search, status, health, serve-health and dev."""
+"""The `narra` command: process, ingest, search, catalog, status, retry, delete, health,
+serve-health and dev."""
 
 from __future__ import annotations
 
@@ -234,6 +235,42 @@ def status(
     if media_id and not items:
         err.print(f"no partition matches {media_id!r}")
         raise typer.Exit(1)
+
+
+MediaIds = Annotated[list[str], typer.Argument(help="Media ids (partition keys) or unique prefixes.")]
+
+
+def _print_lifecycle(results, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps([r.to_json() for r in results]))
+        return
+    for r in results:
+        out.print(f"{r.media_id}: {r.status} {escape(r.detail)}", highlight=False)
+
+
+@app.command()
+def retry(media_ids: MediaIds, as_json: JsonFlag = False) -> None:
+    """Run each failed item's whole chain again, now. Items that are not failed are left alone.
+
+    Exit code 0 when every item given ends searchable (or was not failed), 1 otherwise.
+    """
+    from narra_dagster.app.lifecycle import retry_items
+
+    results = retry_items(media_ids, _instance(), _defs())
+    _print_lifecycle(results, as_json)
+    raise typer.Exit(0 if all(r.status in ("succeeded", "skipped") for r in results) else 1)
+
+
+@app.command()
+def delete(media_ids: MediaIds, as_json: JsonFlag = False) -> None:
+    """Remove items completely: stored upload and artifacts, search and image index rows,
+    catalog entry, materializations and partition; publishes analysis.deleted. Deleting an item
+    already deleted changes nothing. Exit code 1 when an id matches no item."""
+    from narra_dagster.app.lifecycle import delete_items
+
+    results = delete_items(media_ids, _instance(), _defs())
+    _print_lifecycle(results, as_json)
+    raise typer.Exit(0 if all(r.status in ("deleted", "skipped") for r in results) else 1)
 
 
 @app.command()

@@ -192,3 +192,23 @@ def test_a_file_that_failed_only_for_its_name_runs_again_under_a_fitting_name(
 
     (folder / "camera-copy.png").write_bytes(png)
     assert not _tick(instance, inbox, store, second.cursor).run_requests  # fits already
+
+
+def test_bytes_of_a_deleted_item_dropped_again_run_under_a_new_run_key(tmp_path, instance,
+                                                                       inbox, store):
+    """After `narra delete`, the same bytes are a new item; the sensor's first run key for them
+    was used already, so the new run's key names the deletion it follows."""
+    _drop(inbox, "clip.mp4", MP4_HEAD + b"first upload")
+    first = _tick(instance, inbox, store)
+    [request] = first.run_requests
+    key = request.partition_key
+    store.delete_item(key)
+    instance.delete_dynamic_partition("videos", key)
+    store.write_tombstone(key, {"media_id": key, "kind": "video", "names": ["clip.mp4"],
+                                "deleted_at": "2026-11-30T18:00:00+00:00"})
+    _drop(inbox, "clip again.mp4", MP4_HEAD + b"first upload")
+    second = _tick(instance, inbox, store, first.cursor)
+    [again] = second.run_requests
+    assert again.partition_key == key and again.run_key != request.run_key
+    assert "restored-2026-11-30T18:00:00" in again.run_key
+    assert store.tombstones() == {}  # the item is back

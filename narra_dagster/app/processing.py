@@ -36,6 +36,7 @@ class ProcessResult:
     run_id: str | None = None
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
+    restored: bool = False  # the item had been deleted and its bytes came back
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +65,7 @@ def register(path: Path, instance: dg.DagsterInstance, media_store: MediaStore) 
         result.status, result.error, result.error_class = "failed", f"cannot read the file: {exc}", "unreadable"
         return result
     result.partition_key, result.kind = upload.partition_key, upload.kind
+    result.restored = upload.restored_after is not None
     name = registry.get(upload.kind).partitions.name
     if not instance.has_dynamic_partition(name, upload.partition_key):
         instance.add_dynamic_partitions(name, [upload.partition_key])
@@ -101,7 +103,9 @@ def process_files(
             on_start(result)
         if result.status == "registered":
             chain = registry.get(result.kind).stages
-            if not force and all(last_materialization(instance, stage.key, result.partition_key)
+            # a deleted item's bytes uploaded again: its old materializations describe nothing
+            if not force and not result.restored and all(
+                    last_materialization(instance, stage.key, result.partition_key)
                                  for stage in chain):
                 result.status = "skipped"
         if result.status == "registered":
@@ -125,7 +129,7 @@ def process_files(
             if result.partition_key in done_keys and not force:
                 result.status = "skipped"  # the same bytes under another name, run just now
             else:
-                _execute(result, instance, defs)
+                execute_item(result, instance, defs)
                 if result.status == "succeeded":
                     done_keys.add(result.partition_key)
             result.seconds = round(time.perf_counter() - started, 3)
@@ -166,12 +170,15 @@ def _execute_batch(kind: str, keys: list[str], items: list[tuple[ProcessResult, 
             on_done(result)
 
 
-def _execute(result: ProcessResult, instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
+def execute_item(result: ProcessResult, instance: dg.DagsterInstance, defs: dg.Definitions, *,
+                 launched_by: str = "narra process") -> None:
+    """Run one item's per-item job now, in this process, and fill ``result`` with its outcome
+    (status, error and error class, run id, seconds per step)."""
     job = defs.resolve_job_def(registry.get(result.kind).job_name)
     run = job.execute_in_process(
         partition_key=result.partition_key, instance=instance, raise_on_error=False,
         run_config=QUIET_LOGS, tags={"narra/source_name": result.source_name[:63] or "-",
-                                     "narra/launched_by": "narra process"},
+                                     "narra/launched_by": launched_by},
     )
     result.run_id = run.run_id
     starts: dict[str, float] = {}

@@ -25,7 +25,10 @@ def last_materialization(instance: dg.DagsterInstance, asset: str | dg.AssetKey,
 
 def partition_status(instance: dg.DagsterInstance, defs: dg.Definitions,
                      media_id: str | None = None) -> list[dict[str, Any]]:
-    """Per partition: source name, each asset's last materialization, and the last run's outcome.
+    """Per partition: source name and every name, each asset's last materialization, the last
+    run's outcome and the item's ``state`` (``registered``, ``queued``/``started``...,
+    ``searchable``, ``failed``); then every deleted item (``state`` ``deleted``, from its
+    tombstone).
 
     ``media_id`` may be a prefix of a partition key.
     """
@@ -72,6 +75,15 @@ def partition_status(instance: dg.DagsterInstance, defs: dg.Definitions,
                 else ("searchable" if done else (last_run["status"].lower() if last_run else "registered")),
                 "last_run": last_run, "assets": assets,
             })
+    listed = {item["media_id"] for item in items}
+    for key, stone in sorted(media_store.tombstones().items()):
+        if key in listed or (media_id and not key.startswith(media_id)):
+            continue  # deleted, then uploaded again: the live item is what counts
+        names = stone.get("names") or []
+        items.append({"media_id": key, "kind": stone.get("kind"),
+                      "source_name": names[0] if names else None, "names": names,
+                      "state": "deleted", "deleted_at": stone.get("deleted_at"),
+                      "last_run": None, "assets": {}})
     return items
 
 

@@ -115,6 +115,14 @@ class ImageIndex(dg.ConfigurableResource, ABC):
         """Insert or replace one catalog row (keys of ``CATALOG_SCHEMA``)."""
 
     @abstractmethod
+    def delete_item(self, media_id: str) -> int:
+        """Remove one item's row from the images table and the catalog; return rows removed.
+
+        Raises:
+            ValueError: when ``media_id`` is not a partition key.
+        """
+
+    @abstractmethod
     def catalog(self, *, category: str | None = None) -> list[dict[str, Any]]:
         """Catalog rows sorted by category, capture date (undated last), then source name."""
 
@@ -158,6 +166,19 @@ class LanceImageIndex(ImageIndex):
         with write_lock(self.uri, table.name):
             table.checkout_latest()  # match against rows other writers committed meanwhile
             table.merge_insert("media_id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+
+    def delete_item(self, media_id: str) -> int:
+        if not is_partition_key(media_id):
+            raise ValueError(f"not a partition key: {media_id!r}")
+        removed = 0
+        for table in (self._images(), self._catalog()):
+            with write_lock(self.uri, table.name):
+                table.checkout_latest()
+                count = table.count_rows(f"media_id = '{media_id}'")
+                if count:
+                    table.delete(f"media_id = '{media_id}'")
+                removed += count
+        return removed
 
     def upsert_image(self, record: ImageRecord) -> None:
         if not is_partition_key(record.media_id):

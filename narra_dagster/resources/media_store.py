@@ -31,6 +31,7 @@ from narra_dagster.core.media import is_partition_key
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 SOURCE = "source"
+TOMBSTONES = "_deleted"  # <root>/_deleted/<key>.json: never a partition key, so never an item
 MANIFEST = "manifest.json"
 
 
@@ -102,6 +103,28 @@ class MediaStore(dg.ConfigurableResource, ABC):
             OSError (or the backend's client error): when it cannot.
         """
 
+    @abstractmethod
+    def delete_item(self, key: str) -> int:
+        """Remove everything stored for one item (its upload and every artifact); return how
+        many files went (0 when nothing was there).
+
+        Raises:
+            ValueError: when ``key`` is not a partition key.
+        """
+
+    @abstractmethod
+    def write_tombstone(self, key: str, record: dict[str, Any]) -> None:
+        """Record that an item was deleted (who, when, its names): the one thing kept of it,
+        outside its folder, so status can say "deleted" instead of "unknown"."""
+
+    @abstractmethod
+    def tombstones(self) -> dict[str, dict[str, Any]]:
+        """Partition key -> tombstone record, of every deleted item."""
+
+    @abstractmethod
+    def take_tombstone(self, key: str) -> dict[str, Any] | None:
+        """Remove and return an item's tombstone (its bytes were uploaded again), or None."""
+
     def manifest(self, key: str) -> dict[str, Any]:
         """Return what was recorded at ingest: kind, source name, size, SHA-256, time."""
         return self.read_json(key, MANIFEST)
@@ -141,6 +164,44 @@ class LocalMediaStore(MediaStore):
             fh.write(b"ok")
             fh.flush()
         return self.root
+
+    def delete_item(self, key: str) -> int:
+        _check(key, SOURCE)
+        folder = self._dir(key)
+        if not folder.exists():
+            return 0
+        count = sum(1 for p in folder.rglob("*") if p.is_file())
+        # Renamed away first, so a reader never sees a half-deleted item under its key.
+        doomed = folder.with_name(f".deleting-{key}-{os.getpid()}")
+        os.replace(folder, doomed)
+        shutil.rmtree(doomed)
+        return count
+
+    def write_tombstone(self, key: str, record: dict[str, Any]) -> None:
+        _check(key, SOURCE)
+        folder = Path(self.root) / TOMBSTONES
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(record, fh)
+        os.replace(tmp, folder / f"{key}.json")
+
+    def tombstones(self) -> dict[str, dict[str, Any]]:
+        folder = Path(self.root) / TOMBSTONES
+        if not folder.exists():
+            return {}
+        return {p.stem: json.loads(p.read_text(encoding="utf-8"))
+                for p in folder.glob("*.json") if is_partition_key(p.stem)}
+
+    def take_tombstone(self, key: str) -> dict[str, Any] | None:
+        _check(key, SOURCE)
+        path = Path(self.root) / TOMBSTONES / f"{key}.json"
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        path.unlink(missing_ok=True)
+        return record
 
     def _dir(self, key: str) -> Path:
         return Path(self.root) / key

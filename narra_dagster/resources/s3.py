@@ -18,6 +18,7 @@ lifecycle rule (README, "Production").
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -73,6 +74,43 @@ class S3MediaStore(MediaStore):
         self.client.put_object(Bucket=self.bucket, Key=key, Body=b"ok")
         self.client.delete_object(Bucket=self.bucket, Key=key)
         return f"s3://{self.bucket}/{self.prefix}"
+
+    def delete_item(self, key: str) -> int:
+        _check(key, "source")
+        prefix = f"{self.prefix.strip('/')}/{key}/"
+        doomed = [{"Key": o["Key"]} for page in self.client.get_paginator("list_objects_v2")
+                  .paginate(Bucket=self.bucket, Prefix=prefix) for o in page.get("Contents", [])]
+        for start in range(0, len(doomed), 1000):  # DeleteObjects takes 1000 keys at most
+            self.client.delete_objects(Bucket=self.bucket,
+                                       Delete={"Objects": doomed[start:start + 1000]})
+        return len(doomed)
+
+    def write_tombstone(self, key: str, record: dict) -> None:
+        _check(key, "source")
+        self.client.put_object(Bucket=self.bucket,
+                               Key=f"{self.prefix.strip('/')}/_deleted/{key}.json",
+                               Body=json.dumps(record).encode())
+
+    def tombstones(self) -> dict[str, dict]:
+        prefix = f"{self.prefix.strip('/')}/_deleted/"
+        out = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                          Prefix=prefix):
+            for obj in page.get("Contents", []):
+                key = PurePosixPath(obj["Key"]).stem
+                body = self.client.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
+                out[key] = json.loads(body)
+        return out
+
+    def take_tombstone(self, key: str) -> dict | None:
+        _check(key, "source")
+        object_key = f"{self.prefix.strip('/')}/_deleted/{key}.json"
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=object_key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+        self.client.delete_object(Bucket=self.bucket, Key=object_key)
+        return json.loads(body)
 
     def _key(self, key: str, name: str) -> str:
         _check(key, name)

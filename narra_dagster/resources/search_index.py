@@ -190,6 +190,14 @@ class SearchIndex(dg.ConfigurableResource, ABC):
                limit: int = 10) -> list[SearchHit]:
         """Hybrid search. ``vector`` is the query's float32 [384] unit embedding."""
 
+    @abstractmethod
+    def delete_item(self, media_id: str) -> int:
+        """Remove every row of one item, of every origin, in one commit; return how many went.
+
+        Raises:
+            ValueError: when ``media_id`` is not a partition key.
+        """
+
     def maintain(self, *, cleanup_older_than: dt.timedelta = dt.timedelta(hours=24),
                  ) -> dict[str, Any] | None:
         """Upkeep as the index grows (compaction, indices, old versions); a backend that needs
@@ -285,6 +293,17 @@ class LanceSearchIndex(SearchIndex):
                     _migrate(table)
                     _ensure_fts(table)
         return table
+
+    def delete_item(self, media_id: str) -> int:
+        if not is_partition_key(media_id):
+            raise ValueError(f"not a partition key: {media_id!r}")
+        table = self._table()
+        with write_lock(self.uri, TABLE):
+            table.checkout_latest()
+            before = table.count_rows(f"media_id = '{media_id}'")
+            if before:
+                table.delete(f"media_id = '{media_id}'")
+        return before
 
     def upsert_partition(self, media_id: str, kind: str, rows: list[IndexRow], *,
                          origin: str) -> int:

@@ -31,6 +31,9 @@ class Upload:
     renamed_to_fit: bool = False
     """The item had only names claiming another kind, and this upload gave it one that fits:
     it failed only because of its name and should be processed again."""
+    restored_after: str | None = None
+    """When the item had been deleted: the time of that deletion (its bytes are back, a new
+    item to process from scratch)."""
 
 
 def classify_upload(path: Path) -> MediaKind:
@@ -74,6 +77,7 @@ def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None
     digest = file_sha256(path)
     key = digest[:KEY_LENGTH]
     name = source_name if source_name is not None else path.name
+    tombstone = media_store.take_tombstone(key)
     if not media_store.exists(key, SOURCE):
         size = media_store.put_file(key, SOURCE, path)
     else:
@@ -98,7 +102,8 @@ def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None
             media_store.write_json(key, MANIFEST, manifest)
             renamed_to_fit = not fitted_before and name_fits(manifest)
     return Upload(partition_key=key, kind=kind, source_name=name, size_bytes=size, sha256=digest,
-                  renamed_to_fit=renamed_to_fit)
+                  renamed_to_fit=renamed_to_fit,
+                  restored_after=tombstone.get("deleted_at", "?") if tombstone else None)
 
 
 class NewItems:
@@ -130,7 +135,9 @@ class NewItems:
                 return True
             return False
         keys.append(upload.partition_key)
-        self.run_requests.append(kind.run_request(upload))
+        # An item deleted and uploaded again needs a run key its first upload did not use.
+        reason = f"restored-{upload.restored_after}" if upload.restored_after else None
+        self.run_requests.append(kind.run_request(upload, reason=reason))
         return True
 
     def sensor_result(self, cursor: str, summary: str) -> dg.SensorResult:
