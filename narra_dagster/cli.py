@@ -3,6 +3,7 @@ serve-health and dev."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -333,7 +334,44 @@ def dev(port: Annotated[int, typer.Option(help="Port of the web UI.")] = 3000) -
     home = settings.ensure_dagster_home()
     err.print(f"DAGSTER_HOME={home}  NARRA_HOME={settings.narra_home()}  inbox={settings.inbox_dir()}")
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "narra_dagster.definitions", "-p", str(port)]
-    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+    raise typer.Exit(run_process_tree(cmd))
+
+
+def run_process_tree(cmd: list[str], grace_s: float = 20.0) -> int:
+    """Run ``cmd`` in a process group of its own and wait for it; SIGTERM or SIGINT to this
+    process is passed to the whole group (``dagster dev`` and the web server, daemon and code
+    servers it starts), which gets ``grace_s`` seconds to stop before SIGKILL.
+
+    Returns:
+        The command's exit code (128 + the signal's number when stopped by a signal).
+    """
+    import signal
+    import time
+
+    child = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while child.poll() is None:
+            if received:
+                deadline = time.monotonic() + grace_s
+                while child.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                break
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # nothing of the tree outlives narra dev
+            os.killpg(child.pid, signal.SIGKILL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    code = child.wait()
+    return 128 + received[0] if received else code
 
 
 if __name__ == "__main__":

@@ -33,16 +33,19 @@ def names() -> list[str]:
 
 
 def get(name: str) -> MediaKind:
-    """The kind called ``name``.
+    """The kind called ``name``, or named so by people: ``"pdf"``, ``"photo"``, ``"audio"``,
+    ``"videos"`` (case-insensitive; see :attr:`MediaKind.names_people_use`).
 
     Raises:
-        UnknownKindError: for a name not in the registry.
+        UnknownKindError: for a word that names no kind.
     """
-    try:
-        return _BY_NAME[name]
-    except KeyError:
+    kind = _BY_NAME.get(name) or next(
+        (k for k in KINDS if name.strip().lower() in k.names_people_use), None)
+    if kind is None:
         raise UnknownKindError(
-            f"unknown kind {name!r}; the kinds are {', '.join(_BY_NAME)}") from None
+            f"unknown kind {name!r}; the kinds are {', '.join(_BY_NAME)} (pdf, photo, audio... "
+            "are understood too)")
+    return kind
 
 
 def for_job(job_name: str) -> MediaKind | None:

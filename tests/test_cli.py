@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 
 from narra_dagster.defs.intake.uploads import store_upload
 from narra_dagster.resources import LocalMediaStore
@@ -65,3 +66,69 @@ def test_dagster_asset_materialize_one_partition(home, silent_clip):
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
                                       asset_partitions=[upload.partition_key]), limit=1).records
             assert records, asset
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, from /proc (Linux)."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.daemon
+def test_sigterm_to_narra_dev_stops_its_whole_process_tree(home):
+    """`narra dev` starts the web server, the daemon and code servers; SIGTERM to it must leave
+    none of them running."""
+    import signal
+    import time
+    import urllib.request
+
+    from .services import free_port, wait_for
+
+    port = free_port()
+    proc = subprocess.Popen(["narra", "dev", "--port", str(port)], env=subprocess_env(home),
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info",
+                                              timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(up, 180, "the Dagster UI answering", interval_s=2)
+        tree = _descendants(proc.pid)
+        assert len(tree) >= 3, tree  # dagster dev, the web server, the daemon (and code servers)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(p) for p in tree):
+            time.sleep(0.5)
+        assert not [p for p in tree if _alive(p)]
+        assert not up()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

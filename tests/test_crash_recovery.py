@@ -158,3 +158,68 @@ def test_an_interrupted_write_leaves_the_old_artifact_and_rows(home, resources, 
     assert index.count(key) == rows_before
     assert store_upload(speech_video[0], store).partition_key == key
     assert not [p for p in media.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.daemon
+def test_a_run_whose_worker_died_with_the_daemon_is_recovered_on_the_embedded_instance(
+        home, tmp_path):
+    """The issue's case: on the embedded default instance (SQLite, DefaultRunLauncher), the
+    machine loses the daemon, its code server and the run worker at once (SIGKILL to the whole
+    process group) while a video is being transcribed. After the daemon starts again, the run
+    worker watchdog fails the orphaned STARTED run, run retries restart it from the failure,
+    and the item ends materialized with no run left STARTED."""
+    import time
+
+    from narra_dagster.defs.watchdog.sensor import run_worker, worker_alive
+
+    from .conftest import REPO
+
+    video = tmp_path / "long_talk.mp4"
+    make_talking_video(video, SPEECH_SENTENCES * 3, SPEECH_PHOTOS * 3)
+    env = subprocess_env(home)
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True)
+    shutil.copyfile(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    inbox = home / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    log = tmp_path / "daemon.log"
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        with daemon(env, log) as proc:
+            shutil.copyfile(video, inbox / "long_talk.mp4")
+
+            def transcribing():
+                assert proc.poll() is None, log.read_text()[-3000:]
+                for run in instance.get_runs(dg.RunsFilter(job_name="video_pipeline")):
+                    started = _events(instance, run.run_id, dg.DagsterEventType.STEP_START,
+                                      "video_transcript")
+                    if started:
+                        return run, started[0].dagster_event.pid
+
+            first, pid = wait_for(transcribing, DEADLINE_S, "the transcription step to start",
+                                  interval_s=0.2, on_timeout=lambda: log.read_text()[-3000:])
+            worker = run_worker(instance, first.run_id)
+            assert worker and worker[0] == pid and worker_alive(*worker)  # seen as alive
+            os.killpg(proc.pid, signal.SIGKILL)  # daemon, code server and run worker at once
+            if worker_alive(*worker):  # in a process group of its own
+                os.kill(pid, signal.SIGKILL)
+        assert instance.get_run_by_id(first.run_id).status == dg.DagsterRunStatus.STARTED
+        killed_at = time.monotonic()
+        with daemon(env, tmp_path / "daemon2.log") as proc:
+            def recovered():
+                assert proc.poll() is None, (tmp_path / "daemon2.log").read_text()[-3000:]
+                runs = instance.get_runs(dg.RunsFilter(job_name="video_pipeline"))
+                done = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
+                return done and (runs, done[0])
+
+            runs, final = wait_for(recovered, DEADLINE_S, "the orphaned run's retry to succeed",
+                                   interval_s=2,
+                                   on_timeout=lambda: (tmp_path / "daemon2.log").read_text()[-4000:])
+            elapsed = time.monotonic() - killed_at
+        assert instance.get_run_by_id(first.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert final.tags.get("dagster/root_run_id") == first.run_id
+        assert not instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        key = first.tags["dagster/partition"]
+        for asset in video_assets:
+            assert instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[key]), limit=1).records
+        print(f"recovered {elapsed:.0f} s after the crash")

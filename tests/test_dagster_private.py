@@ -72,3 +72,18 @@ def test_planned_materialization_of_a_failed_run_marks_the_partition_failed():
             instance, child.key, child.partitions_def)
         assert status is not None and "b" in status.deserialize_failed_partition_subsets(
             child.partitions_def).get_partition_keys()
+
+
+def test_a_lost_run_worker_failure_is_one_that_run_retries_retry():
+    """The watchdog's failure is recorded as an unexpected termination, which Dagster's run
+    retry daemon retries even with retry_on_asset_or_op_failure false."""
+    from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
+
+    overrides = {"run_retries": {"enabled": True, "max_retries": 2,
+                                 "retry_on_asset_or_op_failure": False}}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        run = instance.create_run_for_job(planner, status=dg.DagsterRunStatus.STARTED)
+        dagster_private.report_lost_run_worker(instance, run, "the run worker is gone")
+        failed = instance.get_run_by_id(run.run_id)
+        assert failed.status == dg.DagsterRunStatus.FAILURE
+        assert should_retry(failed, instance)

@@ -133,3 +133,15 @@ def test_a_name_that_claims_another_kind_is_a_type_mismatch():
     with pytest.raises(BadInputError) as info:
         check_declared_kind({"kind": "image", "declared_kind": "document", "source_name": "x.pdf"})
     assert info.value.code == "type_mismatch" and "x.pdf" in str(info.value)
+
+
+@pytest.mark.parametrize("word, kind", [("video", "video"), ("audio", "video"), ("MP3", "video"),
+                                        ("photo", "image"), ("images", "image"), ("jpg", "image"),
+                                        ("pdf", "document"), ("Documents", "document")])
+def test_kinds_answer_to_the_words_people_use(word, kind):
+    assert registry.get(word).name == kind
+
+
+def test_an_unknown_kind_names_the_known_ones():
+    with pytest.raises(registry.UnknownKindError, match="video, image, document"):
+        registry.get("spreadsheet")

@@ -14,7 +14,13 @@ does not offer (checked against Dagster 1.13):
    ``dagster._core.storage.partition_status_cache``). Built with
    ``dagster._core.events.DagsterEvent`` and ``AssetMaterializationPlannedData``.
 
-``tests/test_dagster_private.py`` exercises both against the installed Dagster and fails loudly
+3. **A run failure that run retries retry**: the run worker watchdog
+   (:mod:`narra_dagster.defs.watchdog.sensor`) marks a run whose worker died as failed with
+   ``RunFailureReason.UNEXPECTED_TERMINATION`` (``dagster._core.events.JobFailureData``), what
+   run monitoring records for a lost worker, so that ``run_retries`` retries it (a run failed by
+   a step is not retried with ``retry_on_asset_or_op_failure: false``).
+
+``tests/test_dagster_private.py`` exercises all three against the installed Dagster and fails loudly
 when an upgrade changes them; that is why ``pyproject.toml`` pins ``dagster<1.14``.
 """
 
@@ -36,7 +42,8 @@ from dagster._core.definitions.data_version import (
 )
 from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
 
-__all__ = ["CODE_VERSION_TAG", "DATA_VERSION_TAG", "provenance_tags", "report_planned"]
+__all__ = ["CODE_VERSION_TAG", "DATA_VERSION_TAG", "provenance_tags", "report_planned",
+           "report_lost_run_worker"]
 
 
 def provenance_tags(instance: dg.DagsterInstance, asset: dg.AssetsDefinition,
@@ -95,3 +102,12 @@ def report_planned(context: dg.OpExecutionContext, asset_keys: list[dg.AssetKey]
                 context.job_name, context.op_handle.name,
                 AssetMaterializationPlannedData(asset_key, partition=partition)),
             run_id=context.run_id)
+
+
+def report_lost_run_worker(instance: dg.DagsterInstance, run: dg.DagsterRun, message: str) -> None:
+    """Mark ``run`` failed because its worker process is gone, as run monitoring does for a lost
+    worker (``RunFailureReason.UNEXPECTED_TERMINATION``), so run retries start it again."""
+    from dagster._core.events import JobFailureData, RunFailureReason
+
+    instance.report_run_failed(run, message=message, job_failure_data=JobFailureData(
+        error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION))

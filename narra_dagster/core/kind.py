@@ -42,6 +42,8 @@ class MediaKind:
         description: one line for the per-item job's description.
         extra_assets: assets of the kind's folder that are not per-item stages (an exported
             model, say); they join the definitions but not the jobs.
+        aliases: other words people use for the kind (``"photo"``, ``"audio"``), accepted by
+            ``--kind`` as are its plural and its extensions without the dot (``"pdf"``).
     """
 
     name: str
@@ -51,6 +53,14 @@ class MediaKind:
     extensions: tuple[str, ...]
     description: str
     extra_assets: tuple[dg.AssetsDefinition, ...] = field(default=())
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def names_people_use(self) -> set[str]:
+        """Every word that names this kind: its name, its plural, aliases and extensions."""
+        words = {self.name, f"{self.name}s", *self.aliases,
+                 *(ext.lstrip(".") for ext in self.extensions)}
+        return {w.lower() for w in words}
 
     @property
     def partitions(self) -> dg.DynamicPartitionsDefinition:

@@ -10,5 +10,6 @@ DOCUMENT = MediaKind(
     stage_set=document_stage,
     recognise=pdf.recognise,
     extensions=pdf.EXTENSIONS,
+    aliases=("pdfs", "doc", "docs", "paper", "papers"),
     description="Every stage of one PDF, from its pages to its summary and index rows.",
 )

@@ -11,6 +11,7 @@ IMAGE = MediaKind(
     stage_set=image_stage,
     recognise=imaging.recognise,
     extensions=imaging.EXTENSIONS,
+    aliases=("photo", "photos", "picture", "pictures", "img", "jpeg"),
     description="Every stage of one image, from validation to its catalog entry and index rows.",
     extra_assets=(image_classifier_onnx,),
 )

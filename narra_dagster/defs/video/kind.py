@@ -11,5 +11,6 @@ VIDEO = MediaKind(
     stage_set=video_stage,
     recognise=avio.recognise,
     extensions=avio.EXTENSIONS,
+    aliases=("audio", "movie", "film", "clip", "recording", "sound", "speech", "podcast"),
     description="Every stage of one video or audio file, from the upload to its search index rows.",
 )

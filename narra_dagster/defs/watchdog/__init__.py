@@ -1,0 +1,1 @@
+"""Recovery without a person: the run worker watchdog (``sensor.py``)."""
