@@ -212,3 +212,43 @@ def test_bytes_of_a_deleted_item_dropped_again_run_under_a_new_run_key(tmp_path,
     assert again.partition_key == key and again.run_key != request.run_key
     assert "restored-2026-11-30T18:00:00" in again.run_key
     assert store.tombstones() == {}  # the item is back
+
+
+def test_every_tick_completes_whatever_the_inbox_holds(instance, inbox, store, tmp_path):
+    """Names of 255 bytes, control and right-to-left characters, bytes that are not UTF-8; a
+    symlink out of the inbox, a FIFO and a folder: every tick completes, every regular file ends
+    registered or rejected with a reason file, and nothing else is opened."""
+    root = Path(inbox.path)
+    root.mkdir(parents=True, exist_ok=True)
+    long_text = "x" * 251 + ".txt"  # 255 bytes: no room for a prefix or ".reason.txt"
+    long_video = "v" * 251 + ".mp4"
+    odd = ["tab\there\x07bell.mp4", "\u202eexe.mp4", "--help.mp4", "quote'\"`.mp4"]
+    _drop(inbox, long_text, b"plain text, not media")
+    _drop(inbox, long_video, MP4_HEAD + b"long name")
+    for i, name in enumerate(odd):
+        _drop(inbox, name, MP4_HEAD + bytes([40 + i]))
+    raw = os.fsencode(str(root)) + b"/caf\xe9.mp4"  # Latin-1 bytes: not UTF-8
+    with open(raw, "wb") as fh:
+        fh.write(MP4_HEAD + b"latin-1 name")
+    past = time.time() - 10
+    os.utime(raw, (past, past))
+    secret = tmp_path / "secret.mp4"
+    secret.write_bytes(MP4_HEAD + b"outside the inbox")
+    os.symlink(secret, root / "link.mp4")
+    os.mkfifo(root / "pipe.mp4")
+    (root / "folder.mp4").mkdir()
+
+    first = _tick(instance, inbox, store)
+    assert len(first.run_requests) == 2 + len(odd)  # the long video, the odd names, the Latin-1
+    second = _tick(instance, inbox, store, first.cursor)
+    assert not second.run_requests
+    reasons = list(inbox.rejected_dir.glob("*.reason.txt"))
+    assert len(reasons) == 1 and "[unsupported_type]" in reasons[0].read_text()
+    assert "x" * 200 in reasons[0].read_text()  # the reason file names the file
+    names = {store.manifest(r.partition_key)["source_name"] for r in first.run_requests}
+    assert long_video in names and "\u202eexe.mp4" in names
+    # the symlink, the FIFO and the folder are left where they are, unread
+    assert (root / "link.mp4").is_symlink() and (root / "pipe.mp4").exists()
+    assert (root / "folder.mp4").is_dir()
+    assert not any(store.read_bytes(r.partition_key, "source").endswith(b"outside the inbox")
+                   for r in first.run_requests)

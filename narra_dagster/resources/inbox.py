@@ -1,5 +1,6 @@
 """The local inbox folder the upload sensor watches."""
 
+import hashlib
 import os
 import shutil
 import time
@@ -10,6 +11,8 @@ from pydantic import Field
 
 from narra_dagster import settings
 
+NAME_MAX = 255  # bytes of one file name on Linux file systems (ext4, xfs, btrfs)
+REASON_SUFFIX = ".reason.txt"
 PARTIAL_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".download", "~")
 
 
@@ -31,23 +34,42 @@ class LocalInbox(dg.ConfigurableResource):
     def rejected_dir(self) -> Path:
         return Path(self.path) / ".rejected"
 
-    def candidates(self, now: float) -> tuple[list[os.DirEntry], int]:
-        """Return (stable files oldest first, number of files still being written)."""
+    def candidates(self, now: float) -> tuple[list[os.DirEntry], int, dict[str, str]]:
+        """Return (stable regular files oldest first, number still being written, the entries
+        skipped: name -> why). Symbolic links (never followed out of the inbox), folders, FIFOs,
+        sockets and devices are skipped without being opened, so none can block a tick; a file
+        that vanishes while being looked at is simply not taken."""
         root = Path(self.path)
         root.mkdir(parents=True, exist_ok=True)
-        stable, unstable = [], 0
+        stable, unstable, skipped = [], 0, {}
         with os.scandir(root) as entries:
             for entry in entries:
                 if entry.name.startswith(".") or entry.name.endswith(PARTIAL_SUFFIXES):
                     continue
-                if not entry.is_file(follow_symlinks=False):
+                try:
+                    if entry.is_symlink():
+                        skipped[entry.name] = "a symbolic link (never followed)"
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        skipped[entry.name] = ("a folder" if entry.is_dir(follow_symlinks=False)
+                                               else "not a regular file (FIFO, socket or device)")
+                        continue
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                except OSError:  # vanished meanwhile
                     continue
-                if now - entry.stat().st_mtime < self.stable_seconds:
+                if now - mtime < self.stable_seconds:
                     unstable += 1
                     continue
                 stable.append(entry)
-        stable.sort(key=lambda e: (e.stat().st_mtime, e.name))
-        return stable, unstable
+
+        def age(entry: os.DirEntry) -> tuple[float, str]:
+            try:
+                return entry.stat(follow_symlinks=False).st_mtime, entry.name
+            except OSError:
+                return 0.0, entry.name
+
+        stable.sort(key=age)
+        return stable, unstable, skipped
 
     def move_processed(self, name: str, key: str, size: int, mtime_ns: int) -> Path | None:
         """Move ``inbox/<name>`` to ``.processed/<key>/<name>`` if it is still the file that was
@@ -65,12 +87,21 @@ class LocalInbox(dg.ConfigurableResource):
         os.replace(source, target)
         return target
 
-    def reject(self, name: str, reason: str) -> Path:
-        """Move ``inbox/<name>`` to ``.rejected/`` (never overwriting) with a reason file."""
+    def reject(self, name: str, reason: str) -> Path | None:
+        """Move ``inbox/<name>`` to ``.rejected/`` (never overwriting) with a reason file beside
+        it, which also names the file. Any name the file system allows works: a name too long
+        to take a prefix or the ``.reason.txt`` suffix (255 bytes) gets a shortened one.
+        Returns where it went, or None when it vanished first."""
         self.rejected_dir.mkdir(parents=True, exist_ok=True)
         target = self.rejected_dir / name
-        if target.exists():
-            target = self.rejected_dir / f"{int(time.time() * 1000)}-{name}"
-        shutil.move(str(Path(self.path) / name), target)
-        target.with_name(target.name + ".reason.txt").write_text(reason + "\n", encoding="utf-8")
+        if target.exists() or len(os.fsencode(name)) > NAME_MAX - len(REASON_SUFFIX):
+            digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+            target = self.rejected_dir / f"{int(time.time() * 1000)}-{digest}{Path(name).suffix[:16]}"
+        try:
+            shutil.move(str(Path(self.path) / name), target)
+        except FileNotFoundError:
+            return None
+        shown = name.encode("unicode_escape", "backslashreplace").decode("ascii")
+        target.with_name(target.name + REASON_SUFFIX).write_text(
+            f"{reason}\nfile: {shown}\n", encoding="utf-8")
         return target

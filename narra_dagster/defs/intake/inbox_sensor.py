@@ -44,13 +44,15 @@ def upload_sensor(
         if inbox.move_processed(name, key, size, mtime_ns) is not None:
             moved += 1
 
-    stable, unstable = inbox.candidates(time.time())
+    stable, unstable, skipped = inbox.candidates(time.time())
+    for name, why in sorted(skipped.items())[:10]:
+        context.log.info(f"skipped {printable(name)}: {why}")
     registered: dict[str, tuple[str, int, int]] = {}
     new = NewItems(context.instance)
     rejected = 0
     for entry in stable[: inbox.max_per_tick]:
-        stat = entry.stat()
         try:
+            stat = entry.stat(follow_symlinks=False)
             upload = store_upload(Path(entry.path), media_store, ingested_by="upload_sensor")
         except BadInputError as exc:
             inbox.reject(entry.name, f"[{exc.code}] {exc}")
@@ -65,7 +67,8 @@ def upload_sensor(
 
     waiting = max(0, len(stable) - inbox.max_per_tick)
     summary = (f"{len(new.run_requests)} new, {new.already} already known, {rejected} rejected, "
-               f"{moved} moved to processed, {unstable} still being written, {waiting} waiting")
+               f"{moved} moved to processed, {unstable} still being written, {waiting} waiting, "
+               f"{len(skipped)} skipped (not regular files)")
     context.log.info(summary)
     return new.sensor_result(
         json.dumps({"registered": registered, "last_tick": summary}, sort_keys=True), summary)

@@ -77,6 +77,9 @@ def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None
     digest = file_sha256(path)
     key = digest[:KEY_LENGTH]
     name = source_name if source_name is not None else path.name
+    # A name whose bytes are not UTF-8 (Python holds them as surrogates) is kept readable,
+    # with U+FFFD for the undecodable bytes: it is metadata, never a path.
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     tombstone = media_store.take_tombstone(key)
     if not media_store.exists(key, SOURCE):
         size = media_store.put_file(key, SOURCE, path)
