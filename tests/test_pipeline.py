@@ -115,3 +115,26 @@ def test_transient_errors_are_retried_with_backoff(speech_video, resources, inst
     assert dg.DagsterEventType.STEP_UP_FOR_RETRY in kinds
     assert kinds.count(dg.DagsterEventType.STEP_START) + kinds.count(dg.DagsterEventType.STEP_RESTARTED) == 2
     assert _metadata(result, "video_transcript")["segments"] >= 4
+
+
+class _BrokenTranscriber(FasterWhisperTranscriber):
+    """The real transcriber with a deterministic fault: every call fails the same way."""
+
+    def transcribe(self, audio):
+        raise ValueError("audio of shape (0, 2) is not mono")
+
+
+def test_a_deterministic_error_is_reported_once_with_its_cause(speech_video, resources, instance):
+    """Not "Exceeded max_retries": a ValueError would fail every retry the same way, so the step
+    fails at once, classified by the exception's class, with its message as the root cause."""
+    from narra_dagster.core.runs import run_failure
+
+    path, _ = speech_video
+    resources = dict(resources, transcriber=_BrokenTranscriber())
+    key, result = ingest_and_materialize(path, resources, instance)
+    assert not result.success
+    message, error_class = run_failure(instance, result.run_id)
+    assert error_class == "ValueError"
+    assert message == "[ValueError] video_transcript: audio of shape (0, 2) is not mono"
+    assert not [e for e in instance.all_logs(result.run_id)
+                if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]

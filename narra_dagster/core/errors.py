@@ -1,12 +1,18 @@
 """Classified errors: what went wrong with an item, in words a person understands.
 
-Two families matter to orchestration:
+Three families matter to orchestration:
 
 - :class:`BadInputError`: the file itself is the problem (empty, not media, truncated, too large).
-  Retrying cannot help, so assets turn it into ``dagster.Failure(allow_retries=False)`` and the
+  Retrying cannot help, so stages turn it into ``dagster.Failure(allow_retries=False)`` and the
   partition fails at once with the error's ``code`` in its metadata.
-- Anything else (a model runtime hiccup, a locked index file) is treated as transient and retried
-  by the asset's ``RetryPolicy`` with exponential backoff and jitter.
+- Transient errors (:func:`is_transient`): I/O, timeouts, connection resets, locks and commit
+  conflicts (``OSError`` and its subclasses) and runtime failures of a model or index library
+  (``RuntimeError``). The stage's ``RetryPolicy`` retries them with exponential backoff and
+  jitter.
+- Anything else is deterministic (a ``TypeError``, ``ValueError``, ``KeyError``, a failed
+  Dagster check...): the same input would fail the same way, so it is reported once, as a
+  non-retryable failure whose ``error_class`` is the exception's class and whose message is its
+  root cause, never as "Exceeded max_retries".
 """
 
 from __future__ import annotations
@@ -49,8 +55,9 @@ def classified_failures(stage: str) -> Iterator[None]:
 
     Raises:
         dagster.Failure: with ``allow_retries=False`` and metadata ``error_class`` = the error's
-            code, when the block raised :class:`BadInputError`. Other exceptions pass through
-            unchanged so the step's ``RetryPolicy`` can retry them.
+            code, when the block raised :class:`BadInputError`, or the exception's class name
+            when it raised a deterministic error. Transient errors (:func:`is_transient`) pass
+            through unchanged so the step's ``RetryPolicy`` can retry them.
     """
     try:
         yield
@@ -60,3 +67,21 @@ def classified_failures(stage: str) -> Iterator[None]:
             metadata={"error_class": exc.code, "stage": stage, "retryable": False},
             allow_retries=False,
         ) from exc
+    except dg.Failure:
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        name = type(exc).__name__
+        raise dg.Failure(
+            description=f"[{name}] {stage}: {exc}",
+            metadata={"error_class": name, "stage": stage, "retryable": False},
+            allow_retries=False,
+        ) from exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: ``OSError`` (I/O, ``TimeoutError``, ``ConnectionError``,
+    lock and commit-conflict errors of LanceDB, which it raises as ``OSError``) and
+    ``RuntimeError`` (a model runtime or native library failing at run time)."""
+    return isinstance(exc, (OSError, RuntimeError))
