@@ -36,6 +36,20 @@ def _events(instance, run_id, event_type, step_key):
     return [e for e in instance.all_logs(run_id, of_type=event_type) if e.step_key == step_key]
 
 
+def _wait_for_transcription(instance, proc, log):
+    """(run, pid of its worker) once a video_pipeline run has started video_transcript."""
+    def transcribing():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        for run in instance.get_runs(dg.RunsFilter(job_name="video_pipeline")):
+            started = _events(instance, run.run_id, dg.DagsterEventType.STEP_START,
+                              "video_transcript")
+            if started:
+                return run, started[0].dagster_event.pid
+
+    return wait_for(transcribing, DEADLINE_S, "the transcription step to start", interval_s=0.1,
+                    on_timeout=lambda: log.read_text()[-3000:])
+
+
 @pytest.mark.daemon
 def test_sigkill_during_transcription_recovers_cleanly(home, tmp_path, monkeypatch):
     # About a minute of speech, so that transcription lasts long enough to be interrupted.
@@ -59,16 +73,7 @@ def test_sigkill_during_transcription_recovers_cleanly(home, tmp_path, monkeypat
             shutil.copyfile(video, inbox / "long_talk.mp4.part")
             (inbox / "long_talk.mp4.part").rename(inbox / "long_talk.mp4")
 
-            def transcribing():
-                assert proc.poll() is None, log.read_text()[-3000:]
-                for run in instance.get_runs(dg.RunsFilter(job_name="video_pipeline")):
-                    started = _events(instance, run.run_id, dg.DagsterEventType.STEP_START,
-                                      "video_transcript")
-                    if started:
-                        return run, started[0].dagster_event.pid
-
-            first, pid = wait_for(transcribing, DEADLINE_S, "the transcription step to start",
-                                  interval_s=0.1, on_timeout=lambda: log.read_text()[-3000:])
+            first, pid = _wait_for_transcription(instance, proc, log)
             os.kill(pid, signal.SIGKILL)
 
             def retried_and_done():
@@ -187,16 +192,7 @@ def test_a_run_whose_worker_died_with_the_daemon_is_recovered_on_the_embedded_in
         with daemon(env, log) as proc:
             shutil.copyfile(video, inbox / "long_talk.mp4")
 
-            def transcribing():
-                assert proc.poll() is None, log.read_text()[-3000:]
-                for run in instance.get_runs(dg.RunsFilter(job_name="video_pipeline")):
-                    started = _events(instance, run.run_id, dg.DagsterEventType.STEP_START,
-                                      "video_transcript")
-                    if started:
-                        return run, started[0].dagster_event.pid
-
-            first, pid = wait_for(transcribing, DEADLINE_S, "the transcription step to start",
-                                  interval_s=0.2, on_timeout=lambda: log.read_text()[-3000:])
+            first, pid = _wait_for_transcription(instance, proc, log)
             worker = run_worker(instance, first.run_id)
             assert worker and worker[0] == pid and worker_alive(*worker)  # seen as alive
             os.killpg(proc.pid, signal.SIGKILL)  # daemon, code server and run worker at once
