@@ -114,6 +114,7 @@ class Stage:
     asset: dg.AssetsDefinition
     fn: StageFunction
     resource_keys: tuple[str, ...]
+    takes_log: bool = True
 
     @property
     def name(self) -> str:
@@ -146,7 +147,7 @@ class Stage:
         get = resources.__getitem__ if isinstance(resources, dict) else (
             lambda name: getattr(resources, name))
         kwargs = {name: get(name) for name in self.resource_keys}
-        if "log" in inspect.signature(self.fn).parameters:
+        if self.takes_log:
             kwargs["log"] = log
         with classified_failures(self.name):
             _guard_source(get("media_store"), key)
@@ -187,7 +188,8 @@ class StageSet:
             def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
                 return holder[0].run(context.partition_key, context.resources, context.log)
 
-            stage = Stage(asset=_asset, fn=fn, resource_keys=resource_keys)
+            stage = Stage(asset=_asset, fn=fn, resource_keys=resource_keys,
+                          takes_log="log" in inspect.signature(fn).parameters)
             holder.append(stage)
             self._stages[_asset.key] = stage
             return _asset
