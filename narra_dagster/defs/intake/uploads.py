@@ -67,7 +67,8 @@ def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None
 
     Idempotent: the same bytes give the same key, and an item already in the store is not
     copied again. Names are metadata: each new name the same bytes arrive under is added to the
-    manifest's ``names`` (``source_name`` stays the first).
+    manifest's ``names``; ``source_name`` stays the first, unless only a later name fits the
+    bytes' kind.
 
     Raises:
         BadInputError: see :func:`classify_upload`.
@@ -102,8 +103,10 @@ def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None
         if name not in {n["name"] for n in names}:
             fitted_before = name_fits(manifest)
             manifest["names"] = [*names, entry]
-            media_store.write_json(key, MANIFEST, manifest)
             renamed_to_fit = not fitted_before and name_fits(manifest)
+            if renamed_to_fit:  # shown in search and status: the name that fits, not the wrong one
+                manifest["source_name"] = name
+            media_store.write_json(key, MANIFEST, manifest)
     return Upload(partition_key=key, kind=kind, source_name=name, size_bytes=size, sha256=digest,
                   renamed_to_fit=renamed_to_fit,
                   restored_after=tombstone.get("deleted_at", "?") if tombstone else None)
