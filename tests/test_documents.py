@@ -10,6 +10,7 @@ import pypdf
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from narra_dagster.core import limits
 from narra_dagster.defs.document import pdf
 from tests.support.chains import document_assets
 from narra_dagster.core.errors import BadInputError
@@ -310,7 +311,7 @@ def test_a_page_declaring_a_huge_size_is_rendered_within_the_pixel_budget(tmp_pa
     writer.add_blank_page(width=20_000, height=20_000)
     writer.write(tmp_path / "huge.pdf")
     image = pdf.render_page(tmp_path / "huge.pdf", 0)
-    assert image.shape[0] * image.shape[1] <= pdf.MAX_RENDER_PIXELS
+    assert image.shape[0] * image.shape[1] <= limits.current().pdf_max_render_pixels
     assert image.shape[0] > 5000  # still as sharp as the budget allows
 
 

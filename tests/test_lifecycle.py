@@ -116,3 +116,21 @@ def test_narra_delete_and_retry_from_the_command_line(home, tmp_path):
     status = subprocess.run(["narra", "status", "--json", key], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert [i["state"] for i in json.loads(status.stdout)] == ["deleted"]
+
+
+def test_a_stage_past_its_time_limit_fails_as_timeout_once_and_retry_finishes_it(
+        defs, tmp_path, monkeypatch):
+    """NARRA_STAGE_TIME_LIMIT_S stops a stage that runs too long: the item fails, classified
+    `timeout`, with the limit in the message, and is not retried; with a sensible limit,
+    `retry` finishes it."""
+    Image.fromarray(skimage.data.coffee()).save(tmp_path / "coffee.jpg")
+    monkeypatch.setenv("NARRA_STAGE_TIME_LIMIT_S", "0.001")
+    with dg.instance_for_test() as instance:
+        (result,) = process_files([tmp_path / "coffee.jpg"], instance, defs)
+        assert result.status == "failed" and result.error_class == "timeout", result
+        assert "time limit of 0.001 s" in result.error
+        run = instance.get_run_by_id(result.run_id)
+        assert not instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
+        monkeypatch.setenv("NARRA_STAGE_TIME_LIMIT_S", "600")
+        (again,) = retry_items([result.partition_key], instance, defs)
+        assert again.status == "succeeded", again

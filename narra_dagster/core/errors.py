@@ -46,6 +46,18 @@ class BadInputError(NarraError):
     code = "bad_input"
 
 
+class StageTimeout(BaseException):
+    """A stage ran past its time limit (``NARRA_STAGE_TIME_LIMIT_S``); code ``timeout``, never
+    retried.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that the ``except Exception`` of a
+    library or of a stage (Pillow's plugins, a page loop) cannot turn it into another error:
+    only :func:`classified_failures` catches it.
+    """
+
+    code = "timeout"
+
+
 @contextlib.contextmanager
 def classified_failures(stage: str) -> Iterator[None]:
     """Turn a :class:`BadInputError` raised inside the block into a non-retryable Dagster failure.
@@ -55,13 +67,13 @@ def classified_failures(stage: str) -> Iterator[None]:
 
     Raises:
         dagster.Failure: with ``allow_retries=False`` and metadata ``error_class`` = the error's
-            code, when the block raised :class:`BadInputError`, or the exception's class name
+            code, when the block raised :class:`BadInputError` or :class:`StageTimeout`, or the exception's class name
             when it raised a deterministic error. Transient errors (:func:`is_transient`) pass
             through unchanged so the step's ``RetryPolicy`` can retry them.
     """
     try:
         yield
-    except BadInputError as exc:
+    except (BadInputError, StageTimeout) as exc:
         raise dg.Failure(
             description=f"[{exc.code}] {stage}: {exc}",
             metadata={"error_class": exc.code, "stage": stage, "retryable": False},

@@ -13,7 +13,9 @@ kind's group, and keeps the :class:`Stage` (asset + function) so that batch runs
   (``photo.pdf`` holding a PNG) fails with ``type_mismatch``;
 - **classified failures**: a :class:`~narra_dagster.core.errors.BadInputError` raised anywhere in
   the stage becomes ``dagster.Failure(allow_retries=False)`` with ``error_class`` metadata; any
-  other exception is transient and left to the stage's ``RetryPolicy`` (if it has one).
+  other exception is transient and left to the stage's ``RetryPolicy`` (if it has one);
+- **time limit**: a stage running past ``NARRA_STAGE_TIME_LIMIT_S`` (:mod:`narra_dagster.core.limits`)
+  is stopped and fails as ``timeout``.
 """
 
 
@@ -25,6 +27,7 @@ from typing import Any
 
 import dagster as dg
 
+from narra_dagster.core import limits
 from narra_dagster.core.errors import BadInputError, classified_failures
 from narra_dagster.resources.media_store import SOURCE, MediaStore
 
@@ -151,7 +154,8 @@ class Stage:
             kwargs["log"] = log
         with classified_failures(self.name):
             _guard_source(get("media_store"), key)
-            return self.fn(key, **kwargs)
+            with limits.time_limit(limits.current().stage_time_limit_s, f"{self.name} of {key}"):
+                return self.fn(key, **kwargs)
 
 
 class StageSet:

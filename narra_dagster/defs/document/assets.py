@@ -13,7 +13,7 @@ import time
 import dagster as dg
 import numpy as np
 
-from narra_dagster.core import pools
+from narra_dagster.core import limits, pools
 from narra_dagster.core.embeddings import embed_chunks, embeddings_check_spec
 from narra_dagster.core.stage import upload_name
 from narra_dagster.core.summarize import split_sentences, summarize, summary_markdown
@@ -104,6 +104,7 @@ def extract_pages(path, reader, *, ocr: OcrEngine, password: str | None,
         timings.append(time.perf_counter() - started)
     running = pdf.running_lines([r for r in raws if pdf.has_text_layer(r)])
     pages, ocr_done = [], 0
+    max_ocr_pages = limits.current().pdf_max_ocr_pages
     for index, raw in enumerate(raws):
         started = time.perf_counter()
         entry: dict = {"page": index + 1, "text_s": round(timings[index], 4)}
@@ -112,7 +113,7 @@ def extract_pages(path, reader, *, ocr: OcrEngine, password: str | None,
         text = pdf.clean_text(pdf.strip_running(raw, running))
         if pdf.has_text_layer(raw):
             entry.update(method="text", text=text)
-        elif ocr_done >= pdf.MAX_OCR_PAGES:
+        elif ocr_done >= max_ocr_pages:
             entry.update(method="skipped", text=text)
         else:
             ocr_done += 1

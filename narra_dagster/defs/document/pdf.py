@@ -28,11 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from narra_dagster.core import limits
 from narra_dagster.core.errors import BadInputError
 from narra_dagster.core.summarize import split_sentences
 
-MAX_PDF_BYTES = 256 * 1024**2  # 256 MiB: far beyond a long report, short of an accidental disk image
-MAX_PAGES = 2000
+# Size, page, OCR, stream and render limits are budgets (narra_dagster.core.limits):
+# NARRA_PDF_MAX_BYTES (256 MiB: far beyond a long report, short of an accidental disk image),
+# NARRA_PDF_MAX_PAGES (2,000), NARRA_PDF_MAX_OCR_PAGES, NARRA_PDF_MAX_STREAM_BYTES and
+# NARRA_PDF_MAX_RENDER_PIXELS, described where they are used below.
 # PDF readers accept the "%PDF-" header anywhere in the first 1024 bytes (Adobe's implementation
 # note 13 to ISO 32000-1, section 7.5.2); some generators put junk before it.
 HEADER_WINDOW = 1024
@@ -43,21 +46,20 @@ MIN_TEXT_CHARS = 16
 # measured here, 100-120 dpi ran words together ("Invoiceforgardentools") and 200 dpi was slower
 # without reading more.
 OCR_DPI = 150
-# OCR costs seconds per page on 2 cores; past this many textless pages, further ones are skipped
-# (and counted in the metadata) so one scanned book cannot hold a worker for an hour.
-MAX_OCR_PAGES = 300
+# OCR costs seconds per page on 2 cores; past NARRA_PDF_MAX_OCR_PAGES (300) textless pages,
+# further ones are skipped (and counted in the metadata) so one scanned book cannot hold a worker
+# for an hour.
 # MiniLM reads 256 tokens; 80 English words are about 110 tokens, and a short chunk keeps a
 # hit's page and text specific.
 MAX_CHUNK_WORDS = 80
 EXTENSIONS = (".pdf",)
-# What pypdf inflates at most per stream (its default ``ZLIB_MAX_OUTPUT_LENGTH``, 75 MB in pypdf
-# 7): past it pypdf raises LimitReachedError, which the pages stage reports as
-# ``decompression_bomb``.
-MAX_STREAM_BYTES = 75_000_000
-# A page is rendered for OCR at OCR_DPI unless that gives more pixels than this (an A4 page at
-# 150 dpi is 2.2 million); a page declaring a huge MediaBox is rendered smaller instead, so the
-# bitmap stays under 4 bytes x 40 million = 160 MB.
-MAX_RENDER_PIXELS = 40_000_000
+# MAX_STREAM: what pypdf inflates at most per stream: NARRA_PDF_MAX_STREAM_BYTES, set as pypdf's
+# ``ZLIB_MAX_OUTPUT_LENGTH`` (whose own default, 75 MB in pypdf 7, is ours too); past it pypdf
+# raises LimitReachedError, which the pages stage reports as ``decompression_bomb``.
+# A page is rendered for OCR at OCR_DPI unless that gives more pixels than
+# NARRA_PDF_MAX_RENDER_PIXELS (40 million; an A4 page at 150 dpi is 2.2 million); a page
+# declaring a huge MediaBox is rendered smaller instead, so the bitmap stays under 4 bytes x 40
+# million = 160 MB.
 # Pillow's own default limit for one image (``Image.MAX_IMAGE_PIXELS``), applied to the images a
 # page declares before PDFium decodes them.
 MAX_IMAGE_PIXELS = 89_478_485
@@ -106,13 +108,13 @@ def _open_reader(path: Path, strict: bool):
     return reader, encrypted, len(reader.pages)
 
 
-def open_pdf(path: Path, *, max_bytes: int = MAX_PDF_BYTES, max_pages: int = MAX_PAGES):
+def open_pdf(path: Path, *, max_bytes: int | None = None, max_pages: int | None = None):
     """Validate a PDF and return a pypdf reader on it with what validation found.
 
     Args:
         path: the file.
-        max_bytes: size limit in bytes.
-        max_pages: page limit.
+        max_bytes: size limit in bytes (default ``NARRA_PDF_MAX_BYTES``).
+        max_pages: page limit (default ``NARRA_PDF_MAX_PAGES``).
 
     Returns:
         ``(reader, PdfInfo)``; the reader is decrypted when the file was encrypted with the empty
@@ -123,6 +125,12 @@ def open_pdf(path: Path, *, max_bytes: int = MAX_PDF_BYTES, max_pages: int = MAX
             ``corrupt_pdf`` or ``too_many_pages``, as described in the module docstring.
         OSError: when the file cannot be read.
     """
+    import pypdf.filters
+
+    budget = limits.current()
+    pypdf.filters.ZLIB_MAX_OUTPUT_LENGTH = budget.pdf_max_stream_bytes  # see MAX_STREAM above
+    max_bytes = budget.pdf_max_bytes if max_bytes is None else max_bytes
+    max_pages = budget.pdf_max_pages if max_pages is None else max_pages
     started = time.perf_counter()
     size = path.stat().st_size
     if size == 0:
@@ -236,7 +244,7 @@ def has_text_layer(text: str) -> bool:
 
 def check_render_bounds(page, number: int) -> None:
     """Refuse a page whose drawing would inflate past the limits before PDFium renders it:
-    its content streams past :data:`MAX_STREAM_BYTES` decoded (pypdf stops there), or an image
+    its content streams past ``NARRA_PDF_MAX_STREAM_BYTES`` decoded (pypdf stops there), or an image
     declaring more than :data:`MAX_IMAGE_PIXELS` pixels. PDFium itself has no such limit:
     measured here, one page whose 1 MB content stream inflates to 1 GiB took it to 2.4 GB.
 
@@ -247,15 +255,18 @@ def check_render_bounds(page, number: int) -> None:
     Raises:
         BadInputError: ``decompression_bomb``.
     """
+    import pypdf.filters
     from pypdf.errors import LimitReachedError
 
+    max_stream = limits.current().pdf_max_stream_bytes
+    pypdf.filters.ZLIB_MAX_OUTPUT_LENGTH = max_stream
     try:
         contents = page.get_contents()
         if contents is not None:
             contents.get_data()
     except LimitReachedError as exc:
         raise BadInputError(
-            f"page {number}'s content inflates past {MAX_STREAM_BYTES // 10**6} MB: a "
+            f"page {number}'s content inflates past {max_stream / 10**6:g} MB: a "
             f"decompression bomb, or a badly damaged file (pypdf: {exc})",
             code="decompression_bomb") from exc
     except Exception:  # noqa: BLE001 - damaged content is PDFium's to try; only size matters here
@@ -282,7 +293,7 @@ def render_page(path: Path, index: int, *, dpi: int = OCR_DPI, password: str | N
         path: the PDF.
         index: 0-based page index.
         dpi: resolution; the page's size in points (1/72 in) times dpi/72 gives pixels, reduced
-            so that the bitmap has at most :data:`MAX_RENDER_PIXELS` pixels.
+            so that the bitmap has at most ``NARRA_PDF_MAX_RENDER_PIXELS`` pixels.
         password: for encrypted files ("" opens a file with an empty user password).
 
     Returns:
@@ -293,6 +304,7 @@ def render_page(path: Path, index: int, *, dpi: int = OCR_DPI, password: str | N
     """
     import pypdfium2 as pdfium
 
+    max_pixels = limits.current().pdf_max_render_pixels
     document = pdfium.PdfDocument(str(path), password=password)
     try:
         page = document[index]
@@ -300,8 +312,8 @@ def render_page(path: Path, index: int, *, dpi: int = OCR_DPI, password: str | N
             width_pt, height_pt = page.get_size()
             scale = dpi / 72
             pixels = width_pt * height_pt * scale * scale
-            if pixels > MAX_RENDER_PIXELS:
-                scale *= 0.999 * (MAX_RENDER_PIXELS / pixels) ** 0.5  # PDFium rounds sizes up
+            if pixels > max_pixels:
+                scale *= 0.999 * (max_pixels / pixels) ** 0.5  # PDFium rounds sizes up
             bitmap = page.render(scale=scale, fill_color=(255, 255, 255, 255))
             return np.asarray(bitmap.to_pil().convert("RGB"))
         finally:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from narra_dagster.core import limits
 from narra_dagster.core.errors import BadInputError
 
 try:  # HEIC/HEIF from phones; pillow-heif is a dependency, but keep Pillow usable without it.
@@ -28,7 +29,8 @@ except ImportError:  # pragma: no cover - the package is installed with narra
 
 # Pillow's format names of what the chain accepts (pillow-heif reports HEIC files as "HEIF").
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "HEIF"})
-MAX_IMAGE_BYTES = 100 * 1024**2  # 100 MiB: far above any camera JPEG or phone HEIC
+# The byte and frame limits are budgets (narra_dagster.core.limits: NARRA_IMAGE_MAX_BYTES, 100 MiB
+# by default, far above any camera JPEG or phone HEIC; NARRA_IMAGE_MAX_FRAMES, 2,000).
 # The pixel limit is Pillow's own ``Image.MAX_IMAGE_PIXELS`` (89,478,485 by default, about
 # 9,459 x 9,459), read at call time so a deployment can raise it; past it Pillow warns, past
 # twice it refuses, and both are a ``decompression_bomb`` here.
@@ -56,9 +58,9 @@ def recognise(head: bytes) -> bool:
 
 
 def _bomb(size: tuple[int, int] | None, limit: int | None) -> BadInputError:
-    dims = f"{size[0]} x {size[1]} pixels " if size else ""
+    declared = f"{size[0]:,} x {size[1]:,} pixels, which is" if size else "more pixels than"
     return BadInputError(
-        f"the image declares {dims}which is over the {limit} pixel limit (a decompression bomb "
+        f"the image declares {declared} over the {limit:,} pixel limit (a decompression bomb "
         "or an image too large to process)", code="decompression_bomb")
 
 
@@ -82,26 +84,28 @@ def _open(path: Path) -> Image.Image:
 def validate_image(path: Path) -> dict[str, Any]:
     """Check that a file is a whole image of an accepted format and size.
 
-    Steps: byte-size limit (:data:`MAX_IMAGE_BYTES`); ``Image.open`` with Pillow's
+    Steps: byte-size limit (``NARRA_IMAGE_MAX_BYTES``); ``Image.open`` with Pillow's
     ``MAX_IMAGE_PIXELS`` enforced (its DecompressionBombWarning turned into an error); the format
     allow-list (:data:`ALLOWED_FORMATS`); ``verify()`` (structure and checksums); a full ``load()``
-    of the first frame on a fresh handle (truncated data); EXIF orientation applied to report the
-    upright size.
+    of the first frame on a fresh handle (truncated data); frames counted up to
+    ``NARRA_IMAGE_MAX_FRAMES`` (an animation of 100,000 frames is refused, not walked through);
+    EXIF orientation applied to report the upright size.
 
     Returns:
         ``{"format", "mode", "width", "height" (pixels, upright), "stored_width",
         "stored_height" (as encoded), "frames", "exif_orientation", "size_bytes"}``.
 
     Raises:
-        BadInputError: ``empty_file``, ``too_large`` (bytes), ``not_image``, ``unsupported_format``,
-            ``decompression_bomb``, ``corrupt_image``.
+        BadInputError: ``empty_file``, ``too_large`` (bytes or frames), ``not_image``,
+            ``unsupported_format``, ``decompression_bomb``, ``corrupt_image``.
     """
+    budget = limits.current()
     size = path.stat().st_size
     if size == 0:
         raise BadInputError("the file is empty", code="empty_file")
-    if size > MAX_IMAGE_BYTES:
-        raise BadInputError(f"the image is {size} bytes, over the {MAX_IMAGE_BYTES}-byte limit",
-                            code="too_large")
+    if size > budget.image_max_bytes:
+        raise BadInputError(f"the image is {size} bytes, over the {budget.image_max_bytes}-byte "
+                            "limit (NARRA_IMAGE_MAX_BYTES)", code="too_large")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = _open(path)
@@ -126,15 +130,48 @@ def validate_image(path: Path) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001
                 raise BadInputError(f"the image data is damaged or truncated: {exc}",
                                     code="corrupt_image") from exc
+            frames = count_frames(image, budget.image_max_frames)
             orientation = int(image.getexif().get(ExifTags.Base.Orientation, 1) or 1)
             width, height = image.size
             upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
             return {
                 "format": fmt, "mode": image.mode, "width": upright[0], "height": upright[1],
                 "stored_width": width, "stored_height": height,
-                "frames": int(getattr(image, "n_frames", 1) or 1),
+                "frames": frames,
                 "exif_orientation": orientation, "size_bytes": size,
             }
+
+
+def count_frames(image: Image.Image, max_frames: int) -> int:
+    """Frames of a (possibly animated) image, counted by seeking one at a time, then back to
+    the first. Pillow's ``n_frames`` walks every frame whatever their number; this stops past
+    ``max_frames``.
+
+    Raises:
+        BadInputError: ``too_large`` past ``max_frames``; ``corrupt_image`` when a frame cannot
+            be reached.
+    """
+    if not getattr(image, "is_animated", False):
+        return 1
+    count = 1
+    try:
+        while True:
+            try:
+                image.seek(count)
+            except EOFError:
+                break
+            count += 1
+            if count > max_frames:
+                raise BadInputError(
+                    f"the image has more than {max_frames} frames (NARRA_IMAGE_MAX_FRAMES)",
+                    code="too_large")
+        image.seek(0)
+    except BadInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types here
+        raise BadInputError(f"frame {count + 1} of the image is damaged: {exc}",
+                            code="corrupt_image") from exc
+    return count
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -281,6 +318,10 @@ VEHICLE_CLASSES = frozenset({
     717, 724, 734, 744, 751, 757, 779, 780, 803, 812, 814, 817, 820, 829, 833, 847, 864, 867, 870,
     871, 874, 880, 895, 908, 913, 914,
 })
+
+
+# Every category an image can be filed under (category_for_class's answers).
+CATEGORIES = ("animal", "food", "landscape", "person", "plant", "vehicle", "object", "other")
 
 
 def category_for_class(index: int | None) -> str:
