@@ -61,7 +61,9 @@ def test_many_items_in_one_run_each_recorded_and_a_bad_one_fails_alone(
             dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=list(good_keys)), limit=50
         ).records
         assert sorted(r.partition_key for r in records) == sorted(good_keys), asset.key
-        assert all(r.asset_materialization.tags["dagster/code_version"] == "1" for r in records)
+        # recorded with the asset's code version, as a per-item run records it
+        assert {r.asset_materialization.tags["dagster/code_version"] for r in records} == {
+            asset.code_versions_by_key[asset.key]}
         materialized, failed = _status(instance, asset.key)
         assert materialized == good_keys
         assert failed == {bad.partition_key}  # what the UI shows as failed partitions
@@ -102,3 +104,24 @@ def test_thread_settings_follow_the_environment(monkeypatch):
         assert "NARRA_THREADS" in str(exc)
     else:
         raise AssertionError("a bad NARRA_THREADS must be refused")
+
+
+def test_a_resource_that_cannot_be_set_up_is_the_reported_cause(resources, instance, tmp_path):
+    """A run that fails before any step (a resource whose setup raises) reports the root cause,
+    not an empty error: in the result, the JSON output and `narra status`."""
+    import numpy as np
+    from PIL import Image
+
+    from narra_dagster.resources import OnnxImageClassifier
+
+    photo = tmp_path / "grey.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
+    missing = tmp_path / "nowhere" / "classifier.onnx"
+    broken = OnnxImageClassifier(model_path=str(missing), labels_path=str(tmp_path / "labels.txt"))
+    defs = build_defs({**resources, "image_classifier": broken})
+    (result,) = process_files([photo], instance, defs)
+    assert result.status == "failed"
+    assert result.error_class == "resource_init"
+    assert "could not be set up" in result.error and "classifier.onnx" in result.error
+    (item,) = partition_status(instance, defs, result.partition_key)
+    assert "classifier.onnx" in item["last_run"]["error"]

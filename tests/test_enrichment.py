@@ -55,6 +55,10 @@ def test_sample_video_gets_language_keywords_and_a_located_summary(resources, in
         s["locator"] for s in enrichment["summary"])
     phrases = [k["phrase"] for k in enrichment["keywords"]]
     assert len(phrases) == 8 and len(set(phrases)) == 8
+    # Keywords are phrases of the transcript, nothing else; tiny.en mishears a word or two of
+    # espeak-ng ("wading" for "waiting"), so most, not all, are also in what was synthesized.
+    transcript = " ".join(s["text"] for s in store.read_json(key, "transcript.json")["segments"])
+    assert all(p in transcript.lower() for p in phrases), (phrases, transcript)
     spoken = " ".join(s["text"].lower() for s in timeline)
-    assert all(p in spoken for p in phrases), phrases
+    assert sum(p in spoken for p in phrases) >= 6, (phrases, spoken)
     assert store.read_bytes(key, "enrichment.md").decode() == metadata["summary"]

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import wave
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -172,36 +173,67 @@ def speak(sentences: list[str], *, gap_s: float = 0.7, lead_in_s: float = 0.5,
     return np.concatenate(pieces), timeline
 
 
-def write_audio(audio: np.ndarray, path: Path, container: str) -> Path:
-    """Encode float32 mono 22.05 kHz ``audio`` into an audio-only file with PyAV.
+def write_audio(audio: np.ndarray | Iterable[np.ndarray], path: Path, container: str) -> Path:
+    """Encode float32 mono 22.05 kHz audio into an audio-only file with PyAV.
 
     Args:
+        audio: the samples, or an iterable of consecutive pieces of them (encoded as they come,
+            so a recording of hours never has to be in memory).
         container: a key of :data:`AUDIO_CONTAINERS` (``wav``, ``mp3``, ``flac``, ``opus``
             (Ogg), ``m4a`` (AAC in MP4)).
     """
     import av
 
     fmt, codec, sample_format, rate, block = AUDIO_CONTAINERS[container]
+    pieces = [audio] if isinstance(audio, np.ndarray) else audio
     resampler = av.AudioResampler(format=sample_format, layout="mono", rate=rate)
     with av.open(str(path), "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=rate, layout="mono")
         fifo = av.AudioFifo()
-        source = av.AudioFrame.from_ndarray(audio[None, :].astype(np.float32), format="fltp",
-                                            layout="mono")
-        source.sample_rate = _AUDIO_RATE
-        source.pts = 0
-        source.time_base = Fraction(1, _AUDIO_RATE)
-        for frame in [*resampler.resample(source), *resampler.resample(None)]:
+
+        def drain(final: bool) -> None:
+            while fifo.samples >= block or (final and fifo.samples):
+                frame = fifo.read(min(block, fifo.samples))
+                if frame.samples < block and codec in ("aac", "libmp3lame", "libopus"):
+                    frame = _pad(frame, block, sample_format, rate)
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+
+        pts = 0
+        for piece in pieces:
+            source = av.AudioFrame.from_ndarray(piece[None, :].astype(np.float32), format="fltp",
+                                                layout="mono")
+            source.sample_rate = _AUDIO_RATE
+            source.pts = pts
+            source.time_base = Fraction(1, _AUDIO_RATE)
+            pts += len(piece)
+            for frame in resampler.resample(source):
+                fifo.write(frame)
+            drain(final=False)
+        for frame in resampler.resample(None):
             fifo.write(frame)
-        while fifo.samples:
-            frame = fifo.read(min(block, fifo.samples))
-            if frame.samples < block and codec in ("aac", "libmp3lame", "libopus"):
-                frame = _pad(frame, block, sample_format, rate)
-            for packet in stream.encode(frame):
-                out.mux(packet)
+        drain(final=True)
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def write_long_speech(path: Path, seconds: float, container: str = "opus",
+                      sentences: list[str] | None = None) -> Path:
+    """A recording of ``seconds`` of speech: ``sentences`` (default the sample's) spoken by
+    espeak-ng once, then repeated with their pauses until the duration is reached, encoded as it
+    goes (a 2-hour Ogg/Opus file is about 30 MB and takes about a minute here)."""
+    bank, _ = speak(sentences or SAMPLE_SENTENCES)
+    total = int(seconds * _AUDIO_RATE)
+
+    def pieces() -> Iterator[np.ndarray]:
+        left = total
+        while left > 0:
+            piece = bank[:left]
+            left -= len(piece)
+            yield piece
+
+    return write_audio(pieces(), path, container)
 
 
 def _pad(frame, block: int, sample_format: str, rate: int):

@@ -14,7 +14,7 @@ import time
 import dagster as dg
 import numpy as np
 
-from narra_dagster.core import pools
+from narra_dagster.core import limits, pools
 from narra_dagster.core.embeddings import embed_chunks, embeddings_check_spec
 from narra_dagster.core.stage import upload_name
 from narra_dagster.defs.search.settings import CHUNKING_SETTINGS, EMBEDDING_MODEL, TRANSCRIPTION_MODEL
@@ -91,7 +91,8 @@ def video_audio(key: str, *, media_store: MediaStore, log: logging.Logger) -> dg
     expects. A video without an audio track gives an empty WAV and says so; audio that cannot be
     decoded fails as ``corrupt_media``."""
     with media_store.writer(key, AUDIO) as tmp:
-        info = avio.extract_audio(media_store.local_path(key, SOURCE), tmp)
+        info = avio.extract_audio(media_store.local_path(key, SOURCE), tmp,
+                                  max_seconds=limits.current().media_max_seconds)
     if not info["has_audio"]:
         log.warning(f"{key}: no audio track; the transcript will be empty")
     return dg.MaterializeResult(
@@ -113,6 +114,7 @@ def video_audio(key: str, *, media_store: MediaStore, log: logging.Logger) -> dg
     retry=True,
     check_specs=[dg.AssetCheckSpec(CHECK_TRANSCRIPT_CONFIDENCE, asset="video_transcript",
                                    description="Mean word confidence is at least 0.5 (warns).")],
+    code_version="2",  # 2: transcribed in blocks, implausible segments dropped
 )
 def video_transcript(key: str, *, media_store: MediaStore, transcriber: Transcriber,
                      log: logging.Logger) -> dg.MaterializeResult:
@@ -120,10 +122,18 @@ def video_transcript(key: str, *, media_store: MediaStore, transcriber: Transcri
     the language (``transcript.json``). Metadata gives the real-time factor (transcription
     seconds per second of audio), the model and a preview; the ``transcript_confidence`` check
     warns below a mean word confidence of 0.5."""
-    audio = avio.read_wav(media_store.local_path(key, AUDIO))
-    audio_s = len(audio) / avio.AUDIO_RATE
+    wav = media_store.local_path(key, AUDIO)
+    audio_s = avio.wav_seconds(wav)
+    block_s = limits.current().transcription_block_s
     started = time.perf_counter()
-    transcript = transcriber.transcribe(audio)
+
+    def progress(start_s: float, end_s: float, segments: int) -> None:
+        if audio_s > block_s:  # one line per block of a long recording
+            log.info(f"{key}: transcribed {end_s:.0f} of {audio_s:.0f} s "
+                     f"({100 * end_s / audio_s:.0f}%), {segments} segments, "
+                     f"{time.perf_counter() - started:.0f} s so far")
+
+    transcript = transcriber.transcribe_blocks(avio.iter_wav_blocks(wav, block_s), progress)
     elapsed = time.perf_counter() - started
     media_store.write_json(key, TRANSCRIPT, transcript.model_dump())
     rtf = elapsed / audio_s if audio_s else 0.0

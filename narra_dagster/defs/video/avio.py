@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import wave
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from narra_dagster.core import limits
 from narra_dagster.core.errors import BadInputError
 
 AUDIO_RATE = 16_000
@@ -68,11 +70,13 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def probe(path: Path) -> dict[str, Any]:
+def probe(path: Path, *, max_seconds: float | None = None) -> dict[str, Any]:
     """Describe a media file and check that its streams decode.
 
     Decodes the first frame of each audio and video stream (cheap) and demuxes every packet to
     the end, so a file truncated mid-stream is caught here rather than halfway through a model.
+    Packets past ``max_seconds`` (default ``NARRA_MEDIA_MAX_SECONDS``) end the probe as
+    ``too_large``: what counts is the timestamps found, not the duration a header declares.
 
     Returns:
         ``{"container", "size_bytes", "duration_s", "bit_rate", "streams": [...],
@@ -80,10 +84,13 @@ def probe(path: Path) -> dict[str, Any]:
         "audio": {codec, sample_rate (Hz), channels} | None}``.
 
     Raises:
-        BadInputError: ``empty_file``, ``not_media``, ``corrupt_media`` or ``no_streams``.
+        BadInputError: ``empty_file``, ``not_media``, ``corrupt_media``, ``no_streams`` or
+            ``too_large``.
     """
     import av
 
+    if max_seconds is None:
+        max_seconds = limits.current().media_max_seconds
     with _open(path) as container:
         streams = []
         for s in container.streams:
@@ -108,6 +115,10 @@ def probe(path: Path) -> dict[str, Any]:
             for packet in container.demux(wanted):
                 if packet.pts is not None and packet.time_base is not None:
                     last_pts_s = max(last_pts_s, float(packet.pts * packet.time_base))
+                    if last_pts_s > max_seconds:
+                        raise BadInputError(
+                            f"the media runs past the {max_seconds:g} s limit "
+                            "(NARRA_MEDIA_MAX_SECONDS)", code="too_large")
                 if packet.stream.index not in decoded and packet.size:
                     if packet.decode():
                         decoded.add(packet.stream.index)
@@ -134,42 +145,105 @@ def probe(path: Path) -> dict[str, Any]:
         }
 
 
-def extract_audio(path: Path, out_wav: Path) -> dict[str, Any]:
+def extract_audio(path: Path, out_wav: Path, *, max_seconds: float | None = None) -> dict[str, Any]:
     """Decode the first audio stream, mix to mono and resample to 16 kHz 16-bit PCM WAV.
 
-    A file without an audio stream gives a valid WAV with zero samples.
+    Streams: each decoded frame is resampled and appended to the WAV as it comes, so memory
+    stays at a few frames whatever the duration. A file without an audio stream gives a valid
+    WAV with zero samples.
+
+    Args:
+        max_seconds: decoded audio longer than this fails as ``too_large`` (a header may lie
+            about the duration; the decoded samples do not). Default: ``NARRA_MEDIA_MAX_SECONDS``.
 
     Returns:
         ``{"has_audio": bool, "samples": int, "duration_s": float, "sample_rate": 16000}``.
 
     Raises:
-        BadInputError: ``corrupt_media`` when decoding fails.
+        BadInputError: ``corrupt_media`` when decoding fails, ``too_large`` past ``max_seconds``.
     """
     import av
 
-    chunks: list[np.ndarray] = []
-    with _open(path) as container:
-        stream = next((s for s in container.streams if s.type == "audio"), None)
-        if stream is not None:
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
-            try:
-                for frame in container.decode(stream):
-                    frame.pts = None  # let the resampler count samples; source pts can jump
-                    for out in resampler.resample(frame):
-                        chunks.append(out.to_ndarray().reshape(-1))
-                for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            except av.error.FFmpegError as exc:
-                raise BadInputError(f"the audio track cannot be decoded: {exc}",
-                                    code="corrupt_media") from exc
-    pcm = np.concatenate(chunks).astype(np.int16) if chunks else np.zeros(0, np.int16)
-    with wave.open(str(out_wav), "wb") as wav:
+    if max_seconds is None:
+        max_seconds = limits.current().media_max_seconds
+    max_samples = int(max_seconds * AUDIO_RATE)
+    samples = 0
+    with _open(path) as container, wave.open(str(out_wav), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
         wav.setframerate(AUDIO_RATE)
-        wav.writeframes(pcm.tobytes())
-    return {"has_audio": stream is not None, "samples": int(len(pcm)),
-            "duration_s": len(pcm) / AUDIO_RATE, "sample_rate": AUDIO_RATE}
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is not None:
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
+
+            def write(frames) -> None:
+                nonlocal samples
+                for out in frames:
+                    pcm = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
+                    samples += len(pcm)
+                    if samples > max_samples:
+                        raise BadInputError(
+                            f"the audio is longer than the {max_seconds:g} s limit "
+                            "(NARRA_MEDIA_MAX_SECONDS)", code="too_large")
+                    wav.writeframes(pcm.tobytes())
+
+            try:
+                for frame in container.decode(stream):
+                    frame.pts = None  # let the resampler count samples; source pts can jump
+                    write(resampler.resample(frame))
+                write(resampler.resample(None))
+            except av.error.FFmpegError as exc:
+                raise BadInputError(f"the audio track cannot be decoded: {exc}",
+                                    code="corrupt_media") from exc
+    return {"has_audio": stream is not None, "samples": samples,
+            "duration_s": samples / AUDIO_RATE, "sample_rate": AUDIO_RATE}
+
+
+def wav_seconds(path: Path) -> float:
+    """Duration of a WAV file in seconds, from its header (no samples read)."""
+    with wave.open(str(path)) as wav:
+        return wav.getnframes() / wav.getframerate()
+
+
+# Blocks are cut at the quietest 100 ms within the last CUT_SEARCH_S seconds of each block, so a
+# word is rarely split between two blocks (a pause between sentences is the quietest moment).
+CUT_SEARCH_S = 20.0
+_CUT_FRAME = AUDIO_RATE // 10
+
+
+def iter_wav_blocks(path: Path, block_s: float) -> Iterator[tuple[float, np.ndarray]]:
+    """Read a 16-bit mono WAV as consecutive blocks of about ``block_s`` seconds.
+
+    Each block but the last ends at the quietest 100 ms frame (lowest RMS) in its last
+    :data:`CUT_SEARCH_S` seconds; the rest is carried into the next block. At most one block and
+    its carry-over are in memory: float32, ``block_s + CUT_SEARCH_S`` seconds, 4 bytes a sample
+    (300 s: about 20 MB).
+
+    Yields:
+        ``(offset_s, audio)``: the block's start in seconds from the file's start, and float32
+        [n_samples] in [-1, 1] at 16 kHz. Nothing for an empty WAV.
+    """
+    block = int(block_s * AUDIO_RATE)
+    search = min(int(CUT_SEARCH_S * AUDIO_RATE), block // 2)
+    offset = 0
+    carry = np.zeros(0, np.float32)
+    with wave.open(str(path)) as wav:
+        while True:
+            raw = wav.readframes(max(0, block - len(carry)))
+            fresh = np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
+            audio = np.concatenate([carry, fresh]) if len(carry) else fresh
+            if len(audio) == 0:
+                return
+            if len(audio) < block:  # the end of the file
+                yield offset / AUDIO_RATE, audio
+                return
+            tail = audio[len(audio) - search:]
+            frames = len(tail) // _CUT_FRAME
+            rms = np.sqrt((tail[: frames * _CUT_FRAME].reshape(frames, _CUT_FRAME) ** 2).mean(axis=1))
+            cut = len(audio) - search + int(np.argmin(rms)) * _CUT_FRAME + _CUT_FRAME // 2
+            yield offset / AUDIO_RATE, audio[:cut]
+            offset += cut
+            carry = audio[cut:].copy()
 
 
 def read_wav(path: Path) -> np.ndarray:
