@@ -27,7 +27,7 @@ import numpy as np
 from narra_dagster.core.summarize import split_sentences
 from narra_dagster.defs.document import pdf
 from narra_dagster.defs.video import keyframes
-from narra_dagster.resources import Ct2TextEmbedder, RapidOcrEngine
+from narra_dagster.resources import OnnxTextEmbedder, RapidOcrEngine
 
 DEBIAN_PDFS = [Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf"),
                Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")]
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    embedder, ocr = Ct2TextEmbedder(), RapidOcrEngine()
+    embedder, ocr = OnnxTextEmbedder(), RapidOcrEngine()
     embedder._ensure_loaded()
     ocr._load()
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,7 +17,7 @@ from narra_dagster.resources import (
     LanceSearchIndex,
     LocalMediaStore,
     OnnxImageClassifier,
-    Ct2TextEmbedder,
+    OnnxTextEmbedder,
     RapidOcrEngine,
 )
 from tests.support.media import make_talking_video
@@ -69,8 +69,8 @@ def transcriber() -> FasterWhisperTranscriber:
 
 
 @pytest.fixture(scope="session")
-def embedder() -> Ct2TextEmbedder:
-    model = Ct2TextEmbedder()
+def embedder() -> OnnxTextEmbedder:
+    model = OnnxTextEmbedder()
     model._ensure_loaded()
     return model
 

@@ -9,7 +9,7 @@ from dagster._core.loader import LoadingContextForTest
 from narra_dagster.defs.video import chunking
 from narra_dagster.defs.search.settings import settings_assets
 from narra_dagster.definitions import build_defs
-from narra_dagster.resources import Ct2TextEmbedder, FasterWhisperTranscriber
+from narra_dagster.resources import FasterWhisperTranscriber, OnnxTextEmbedder
 
 from .conftest import ingest_and_materialize
 
@@ -72,7 +72,7 @@ def test_changing_a_model_or_the_chunking_marks_partitions_stale(home, resources
     assert [n for n in VIDEO if status[n][0] == StaleStatus.STALE] == ["video_chunks"]
     # Another embedding model (a different token limit) marks the embeddings.
     monkeypatch.undo()
-    embedder = Ct2TextEmbedder(max_length=128)
+    embedder = OnnxTextEmbedder(max_length=128)
     assert observe(settings_assets, instance=instance,
                    resources={**settings_resources, "embedder": embedder}).success
     status = _status(instance, graph, key)

@@ -39,7 +39,7 @@ def default_resources() -> dict:
     return {
         "media_store": LocalMediaStore(),
         "transcriber": FasterWhisperTranscriber(),
-        "embedder": Ct2TextEmbedder(),
+        "embedder": OnnxTextEmbedder(),
         "search_index": LanceSearchIndex(),
         "ocr": RapidOcrEngine(),
         "image_classifier": OnnxImageClassifier(),

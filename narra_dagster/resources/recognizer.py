@@ -148,7 +148,7 @@ class OnnxImageClassifier(ImageClassifier):
     Defaults fit the shipped EfficientNet-Lite0: 224 px, crop 0.875, mean = std = 0.5. The
     checkpoint was converted from TensorFlow's EfficientNet-Lite, whose input pipeline maps
     pixels with (x - 127) / 128; its first batch norm's running statistics fit that input better
-    than ImageNet's mean/std (see the narra_dagster.resources.efficientnet_lite module docstring); set
+    than ImageNet's mean/std (see tests/support/efficientnet_torch.py's module docstring); set
     ``mean``/``std`` to ``[0.485, 0.456, 0.406]``/``[0.229, 0.224, 0.225]`` for a model trained
     with those.
     """

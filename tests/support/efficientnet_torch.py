@@ -1,7 +1,9 @@
-"""EfficientNet-Lite0 in plain PyTorch, to export the shipped ImageNet weights to ONNX once.
+"""EfficientNet-Lite0 in plain PyTorch: the reference the project's ONNX graph is tested against.
 
-Only the export needs torch (imported here, never by the pipeline at run time); inference runs
-the exported ONNX file with onnxruntime (:mod:`narra_dagster.resources.recognizer`).
+The project builds its ONNX graph without torch (:mod:`narra_dagster.resources.efficientnet_lite`);
+``tests/test_images.py`` checks that graph against this module's ``torch.onnx.export`` when torch
+is installed (the ``openai-whisper`` extra brings it). This is the module that exported the model
+before, kept unchanged as the reference, with the measurements behind its conventions:
 
 Architecture: Tan & Le, "EfficientNet" (ICML 2019) with the Lite changes of the TensorFlow
 reference (tensorflow/tpu models/official/efficientnet/lite: no squeeze-and-excitation, ReLU6,
