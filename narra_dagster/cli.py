@@ -27,6 +27,41 @@ Paths = Annotated[list[Path], typer.Argument(help="Files, or folders whose files
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+@app.callback()
+def _check_settings() -> None:
+    """narra: turn uploaded media into searchable data with Dagster."""
+    from narra_dagster.core.limits import Limits
+
+    try:
+        Limits.from_env()
+    except ValueError as exc:
+        err.print(f"narra: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _kind_option(value: str | None) -> str | None:
+    """--kind: any name people type for a kind (pdf, audio, photo...), checked before work."""
+    if value is None:
+        return None
+    from narra_dagster.registry import UnknownKindError, get
+
+    try:
+        return get(value).name
+    except UnknownKindError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _category_option(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from narra_dagster.app.queries import CATALOG_CATEGORIES
+
+    if value.lower() not in CATALOG_CATEGORIES:
+        raise typer.BadParameter(f"unknown category {value!r}; the categories are "
+                                 f"{', '.join(CATALOG_CATEGORIES)}")
+    return value.lower()
+
+
 def _instance():
     from narra_dagster.app.runtime import open_instance
 
@@ -107,7 +142,9 @@ def ingest(paths: Paths, as_json: JsonFlag = False) -> None:
 def search(
     query: Annotated[Optional[str], typer.Argument(help="What to look for, in words.")] = None,
     kind: Annotated[Optional[str], typer.Option(
-        help="Only hits of this media kind (an unknown one is answered with the list).")] = None,
+        callback=_kind_option,
+        help="Only hits of this media kind: video, image, document, or a name people use "
+             "(pdf, audio, photo...).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 10,
     image: Annotated[Optional[Path], typer.Option(
         "--image", help="Find the stored images most similar to this picture (not ingested).",
@@ -194,6 +231,7 @@ def _search_image(path: Path, limit: int, as_json: bool) -> None:
 @app.command()
 def catalog(
     category: Annotated[Optional[str], typer.Option(
+        callback=_category_option,
         help="Only this category: animal, food, landscape, person, plant, vehicle, object, other.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -246,7 +284,8 @@ def _print_lifecycle(results, as_json: bool) -> None:
         out.print_json(json.dumps([r.to_json() for r in results]))
         return
     for r in results:
-        out.print(f"{r.media_id}: {r.status} {escape(r.detail)}", highlight=False)
+        detail = f": {escape(r.detail)}" if r.detail else ""
+        out.print(f"{r.media_id}: {r.status}{detail}", highlight=False)
 
 
 @app.command()
@@ -278,7 +317,7 @@ def delete(media_ids: MediaIds, as_json: JsonFlag = False) -> None:
 def health(
     as_json: JsonFlag = False,
     models: Annotated[bool, typer.Option(help="Load and try the models (slower, thorough).")] = True,
-    heartbeat_tolerance: Annotated[float, typer.Option(help="Oldest acceptable daemon heartbeat (s).")] = 90.0,
+    heartbeat_tolerance: Annotated[float, typer.Option(min=1, help="Oldest acceptable daemon heartbeat (s).")] = 90.0,
 ) -> None:
     """Check the instance, storage, models, daemon and sensors.
 
@@ -306,11 +345,11 @@ def health(
 
 @app.command("serve-health")
 def serve_health(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8077,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")] = 8077,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 for a container.")] = "127.0.0.1",
-    cache: Annotated[float, typer.Option(help="Seconds a report is reused between probes.")] = 10.0,
+    cache: Annotated[float, typer.Option(min=0, help="Seconds a report is reused between probes.")] = 10.0,
     models: Annotated[bool, typer.Option(help="Include the model check.")] = True,
-    heartbeat_tolerance: Annotated[float, typer.Option(help="Oldest acceptable daemon heartbeat (s).")] = 90.0,
+    heartbeat_tolerance: Annotated[float, typer.Option(min=1, help="Oldest acceptable daemon heartbeat (s).")] = 90.0,
 ) -> None:
     """Serve /health, /readiness and /metrics (Prometheus) over HTTP until interrupted."""
     from narra_dagster.app.health_server import HealthService, make_server
@@ -327,7 +366,7 @@ def serve_health(
 
 
 @app.command()
-def dev(port: Annotated[int, typer.Option(help="Port of the web UI.")] = 3000) -> None:
+def dev(port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the web UI.")] = 3000) -> None:
     """Start the Dagster UI and daemon on this project, with DAGSTER_HOME under NARRA_HOME."""
     from narra_dagster import settings
 

@@ -50,6 +50,51 @@ def test_readme_flow_process_then_search_then_status(home, tmp_path):
     assert "junk.mp4" not in states  # an empty file is refused before it becomes a partition
 
 
+BAD_OPTIONS = [
+    (["search", "coffee", "--kind", "spreadsheet"], "unknown kind 'spreadsheet'"),
+    (["search", "coffee", "--limit", "0"], "--limit"),
+    (["search", "coffee", "--limit", "many"], "--limit"),
+    (["search", "--image", "/nonexistent.jpg"], "does not exist"),
+    (["search"], "give a query"),
+    (["catalog", "--category", "spaceships"], "unknown category 'spaceships'"),
+    (["process", "/nonexistent/clip.mp4"], "does not exist"),
+    (["process"], "Missing argument"),
+    (["retry"], "Missing argument"),
+    (["delete"], "Missing argument"),
+    (["dev", "--port", "70000"], "--port"),
+    (["serve-health", "--port", "-1"], "--port"),
+    (["health", "--heartbeat-tolerance", "0"], "--heartbeat-tolerance"),
+    (["status", "--frobnicate"], "No such option"),
+    (["status", "--env", "NARRA_STAGE_TIME_LIMIT_S=soon"], "NARRA_STAGE_TIME_LIMIT_S='soon'"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_every_bad_option_is_one_message_and_a_nonzero_exit(home, args, message):
+    """A wrong option or setting ends the command at once with a message naming it, exit code 2,
+    no traceback, before anything is loaded or changed."""
+    env = subprocess_env(home)
+    if "--env" in args:
+        name, value = args[args.index("--env") + 1].split("=", 1)
+        env[name] = value
+        args = args[: args.index("--env")]
+    done = _run(["narra", *args], env, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert message in " ".join(output.split()), output
+    assert "Traceback" not in output
+    assert not (home / "media").exists()  # nothing was stored
+
+
+def test_kind_option_accepts_the_names_people_type(home):
+    """pdf, audio, photos... are the kinds they name; the hits are of that kind only."""
+    env = subprocess_env(home)
+    for name in ("pdf", "audio", "photos", "Video", "document"):
+        done = _run(["narra", "search", "coffee", "--kind", name, "--json"], env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == []
+
+
 def test_dagster_asset_materialize_one_partition(home, silent_clip):
     env = subprocess_env(home)
     upload = store_upload(silent_clip, LocalMediaStore(root=str(home / "media")))

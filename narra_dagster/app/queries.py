@@ -15,6 +15,8 @@ from narra_dagster.resources.image_index import ImageIndex
 from narra_dagster.resources.recognizer import ImageClassifier
 from narra_dagster.resources.search_index import SearchHit, SearchIndex
 
+CATALOG_CATEGORIES = imaging.CATEGORIES
+
 
 def search_text(query: str, *, embedder: TextEmbedder, search_index: SearchIndex,
                 kind: str | None = None, limit: int = 10) -> list[SearchHit]:
@@ -57,5 +59,12 @@ def find_similar_images(path: Path, *, image_classifier: ImageClassifier,
 
 def image_catalog(*, image_index: ImageIndex, category: str | None = None) -> list[dict[str, Any]]:
     """The image catalog, every image with its category, capture date and camera; only
-    ``category`` when given."""
+    ``category`` when given.
+
+    Raises:
+        ValueError: for a category that is not one of :data:`CATALOG_CATEGORIES`.
+    """
+    if category is not None and category not in CATALOG_CATEGORIES:
+        raise ValueError(f"unknown category {category!r}; the categories are "
+                         f"{', '.join(CATALOG_CATEGORIES)}")
     return image_index.catalog(category=category)
