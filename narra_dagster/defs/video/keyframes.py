@@ -15,7 +15,10 @@ Then a scene-change filter keeps a candidate only when it differs from the last 
 share of pixels of a 64x64 grey thumbnail that changed by more than 16 grey levels must reach
 ``min_change`` (2% by default, so a caption appearing on a still picture counts as a change while
 compression noise does not). The number of frames is bounded: the interval grows to
-``duration / max_frames`` for long videos, and at most ``max_frames`` are returned.
+``duration / max_frames`` for long videos, candidates are compared as they are decoded, and at
+most ``max_frames + 1`` frames are held at any time (past that, every other one is dropped and
+the interval doubles), so a video longer than its header says, or without a duration, is
+sampled within the same memory; at most ``max_frames`` are returned.
 """
 
 from __future__ import annotations
@@ -121,7 +124,9 @@ def sample_frames(path: Path, *, interval_s: float = INTERVAL_S, max_frames: int
     step = max(interval_s, duration / max_frames if duration else interval_s)
     gaps = np.diff([0.0, *times, max(duration, times[-1] if times else 0.0)])
     mode = "keyframes" if times and float(np.max(gaps)) <= max_keyframe_gap_s else "interval"
-    candidates = []
+    candidates = 0
+    kept: list[SampledFrame] = []
+    last = None
     with av.open(str(path), metadata_errors="ignore") as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -130,20 +135,24 @@ def sample_frames(path: Path, *, interval_s: float = INTERVAL_S, max_frames: int
         next_t = 0.0
         for frame in container.decode(stream):
             t = max(0.0, float(frame.time or 0.0))
-            # Keyframes closer together than the step are thinned to the step, which bounds the
-            # count (and the memory) to duration / step.
+            # Keyframes closer together than the step are thinned to the step; each candidate is
+            # compared with the last frame kept as it is decoded, and only a changed one is kept.
             if t + 1e-6 >= next_t:
-                candidates.append((t, _rgb(frame, width, height), bool(frame.key_frame)))
+                candidates += 1
+                image = _rgb(frame, width, height)
+                thumb = _grey_thumb(image)
+                change = 1.0 if last is None else change_between(thumb, last)
+                if change >= min_change:
+                    kept.append(SampledFrame(round(t, 3), image, bool(frame.key_frame),
+                                             round(change, 4)))
+                    last = thumb
+                    if len(kept) > max_frames:
+                        # A video longer than its header said (or without a duration): keep
+                        # every other frame and double the step, so at most max_frames + 1
+                        # frames are ever held, whatever the real duration.
+                        kept, step = kept[::2], step * 2
                 next_t = (int(t / step) + 1) * step
-    kept: list[SampledFrame] = []
-    last = None
-    for t, image, is_key in candidates:
-        thumb = _grey_thumb(image)
-        change = 1.0 if last is None else change_between(thumb, last)
-        if change >= min_change:
-            kept.append(SampledFrame(round(t, 3), image, is_key, round(change, 4)))
-            last = thumb
     if len(kept) > max_frames:
         kept = [kept[int(i * len(kept) / max_frames)] for i in range(max_frames)]
-    return Sampling(mode, len(times), len(candidates), kept, width, height, round(duration, 3),
+    return Sampling(mode, len(times), candidates, kept, width, height, round(duration, 3),
                     round(step, 3), time.perf_counter() - started)
