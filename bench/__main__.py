@@ -47,7 +47,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--nprobes", type=int, help="IVF partitions probed (default: the project's)")
     p.add_argument("--whisper-checkpoint", help="an openai-whisper .pt checkpoint to measure too")
     p.add_argument("--only", help="comma-separated sections: overhead,executors,daemon,"
-                                  "transcription,embeddings,search")
+                                  "transcription,embeddings,search,relevance")
     return p.parse_args()
 
 
@@ -99,6 +99,13 @@ def main() -> int:
         "env": {k: os.environ.get(k) for k in ("NARRA_THREADS", "NARRA_PARALLEL_RUNS")}}
     table = Table()
 
+    if only == {"relevance"}:  # its own judged corpus; nothing of the shared one is needed
+        from bench import relevance
+
+        results["relevance"] = relevance.run(work / "relevance")
+        relevance.print_table(results["relevance"])
+        Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+        return 0
     log("building the corpus")
     corpus = corpus_mod.build(work, videos=preset["videos"], photo_count=preset["photos"],
                               long_s=preset["long_s"])
@@ -230,6 +237,12 @@ def main() -> int:
             table.add(sec, f"media minutes per wall minute, {label}", r["media_min_per_wall_min"], "x")
         peak = max(r["peak_rss_mb_dagster"] for r in o.values() if isinstance(r, dict))
         table.add(sec, "peak RSS of a narra process run", peak, "MB")
+
+    if wants("relevance"):
+        from bench import relevance
+
+        results["relevance"] = relevance.run(work / "relevance")
+        relevance.print_table(results["relevance"])
 
     results["table"] = table.rows
     results["wall_s"] = round(time.time() - started, 1)
