@@ -91,8 +91,7 @@ def video_audio(key: str, *, media_store: MediaStore, log: logging.Logger) -> dg
     expects. A video without an audio track gives an empty WAV and says so; audio that cannot be
     decoded fails as ``corrupt_media``."""
     with media_store.writer(key, AUDIO) as tmp:
-        info = avio.extract_audio(media_store.local_path(key, SOURCE), tmp,
-                                  max_seconds=limits.current().media_max_seconds)
+        info = avio.extract_audio(media_store.local_path(key, SOURCE), tmp)
     if not info["has_audio"]:
         log.warning(f"{key}: no audio track; the transcript will be empty")
     return dg.MaterializeResult(
