@@ -104,3 +104,35 @@ def test_locate_phrase_ignores_stop_words_and_matches_word_forms():
     assert locate_phrase("the warm sun", words) == (8.0, 9.5)
     assert locate_phrase("quantum physics", words) is None
     assert locate_phrase("", words) is None
+
+
+def test_nothing_relevant_answers_no_hits_and_each_hit_says_how_relevant(tmp_path, embedder):
+    index = LanceSearchIndex(uri=str(tmp_path / "index"))
+    texts = ["the lighthouse keeper counts seagulls every morning",
+             "a recipe for bread with sourdough and rye flour",
+             "the rocket engine burns liquid oxygen and kerosene"]
+    index.upsert_partition(A, "video", _rows(A, texts, embedder), origin=ORIGIN)
+    pages = [IndexRow(media_id=B, kind="document", origin="document_index_rows", chunk_index=i,
+                      page=7, text=t, vector=v.tolist())
+             for i, (t, v) in enumerate(zip(["the seagulls of the harbour", "seagulls at the pier"],
+                                            embedder.embed(["the seagulls of the harbour",
+                                                            "seagulls at the pier"])))]
+    index.upsert_partition(B, "document", pages, origin="document_index_rows")
+
+    def search(query, **kw):
+        return index.search(query, embedder.embed([query])[0], **kw)
+
+    for absent in ("quarterly tax return deadline", "how do I tune a violin"):
+        assert search(absent) == []  # "no good match"
+        closest = search(absent, min_relevance=0)
+        assert closest and all(0 <= h.relevance < index.min_relevance for h in closest)
+    hits = search("keeper counts seagulls")
+    assert hits[0].media_id == A and hits[0].relevance == 1.0
+    assert hits[0].text[slice(*hits[0].match)] == "keeper counts seagulls"
+    assert (hits[0].start_s, hits[0].end_s) == (2.0, 4.5)  # the three words, not the chunk
+    # Both rows of page 7 match; one hit per page.
+    assert [(h.media_id, h.page) for h in search("seagulls")].count((B, 7)) == 1
+    assert len(search("seagulls", min_relevance=0)) >= 2
+    # A paraphrase with no shared content word is found by meaning.
+    para = search("birds counted by the man who tends the light at the coast", min_relevance=0)
+    assert para[0].chunk_index == 0 and para[0].media_id == A

@@ -19,20 +19,25 @@ CATALOG_CATEGORIES = imaging.CATEGORIES
 
 
 def search_text(query: str, *, embedder: TextEmbedder, search_index: SearchIndex,
-                kind: str | None = None, limit: int = 10) -> list[SearchHit]:
-    """Hybrid (vector + full-text) search over every indexed item, best first.
+                kind: str | None = None, limit: int = 10,
+                min_relevance: float | None = None) -> list[SearchHit]:
+    """Hybrid (vector + full-text) search over every indexed item, best first, at most one hit
+    per place; an empty list when nothing indexed is relevant enough ("no good match").
 
     Args:
         query: what to look for, in words.
         kind: only hits of this registry kind (``video``, ``image``, ``document``); None for all.
         limit: at most this many hits.
+        min_relevance: leave out hits below this relevance in [0, 1]; None for the index's
+            default (``LanceSearchIndex.min_relevance``), 0 for every hit.
 
     Raises:
         UnknownKindError: for a ``kind`` that is not in the registry (the message lists them).
     """
     if kind is not None:
         kind = registry.get(kind).name
-    return search_index.search(query, embedder.embed([query])[0], kind=kind, limit=limit)
+    return search_index.search(query, embedder.embed([query])[0], kind=kind, limit=limit,
+                               min_relevance=min_relevance)
 
 
 def find_similar_images(path: Path, *, image_classifier: ImageClassifier,
