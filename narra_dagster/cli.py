@@ -1,4 +1,4 @@
-"""The `narra` command: process, ingest, search, catalog, status, retry, delete, health,
+"""The `narra` command: process, ingest, search, catalog, status, retry, delete, health, serve,
 serve-health and dev."""
 
 from __future__ import annotations
@@ -146,34 +146,80 @@ def search(
         help="Only hits of this media kind: video, image, document, or a name people use "
              "(pdf, audio, photo...).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+    min_relevance: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0,
+        help="Leave out hits below this relevance (0-1); 0 shows every hit. Default 0.3.")] = None,
     image: Annotated[Optional[Path], typer.Option(
         "--image", help="Find the stored images most similar to this picture (not ingested).",
         exists=True, dir_okay=False, resolve_path=True)] = None,
+    local: Annotated[bool, typer.Option(
+        "--local", help="Search in this process even when `narra serve` is running.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Hybrid (vector + full-text) search over everything indexed: videos (seconds), PDFs (page),
     text on frames and images (box); with --image PATH, the images most similar to a picture.
-    --json gives kind, media_id, source_name, start_s, end_s, page, box, text and score per hit."""
+    --json gives kind, media_id, source_name, start_s, end_s, page, box, match, text, score and
+    relevance per hit; `[]` (and "no good match" in the table) when nothing is relevant enough.
+    When `narra serve` runs for this NARRA_HOME, it answers (no model load here)."""
     if image is not None:
         _search_image(image, limit, as_json)
         return
     if not query:
         err.print("give a query, or --image PATH")
         raise typer.Exit(2)
-    from narra_dagster.app.queries import search_text
-    from narra_dagster.registry import UnknownKindError
+    answer = None if local else _ask_server(query, kind, limit, min_relevance)
+    if answer is not None:
+        hits = answer
+    else:
+        from narra_dagster.app.queries import search_text
+        from narra_dagster.registry import UnknownKindError
 
-    resources = _defs().resources
-    try:
-        hits = search_text(query, embedder=resources["embedder"],
-                           search_index=resources["search_index"], kind=kind, limit=limit)
-    except UnknownKindError as exc:
-        err.print(escape(str(exc)))
-        raise typer.Exit(2) from None
+        resources = _defs().resources
+        try:
+            hits = [h.model_dump() for h in search_text(
+                query, embedder=resources["embedder"], search_index=resources["search_index"],
+                kind=kind, limit=limit, min_relevance=min_relevance)]
+        except UnknownKindError as exc:
+            err.print(escape(str(exc)))
+            raise typer.Exit(2) from None
     if as_json:
-        out.print_json(json.dumps([h.model_dump() for h in hits]))
+        out.print_json(json.dumps(hits))
+        return
+    if not hits:
+        out.print(f"no good match for {escape(repr(query))}: nothing indexed is relevant enough "
+                  "(--min-relevance 0 shows the closest anyway)", highlight=False)
         return
     _print_hits(hits)
+
+
+def _ask_server(query: str, kind: str | None, limit: int,
+                min_relevance: float | None) -> list[dict] | None:
+    """The hits from the running `narra serve` of this NARRA_HOME, or None when none answers
+    (no serve.json, or the server is gone): the caller then searches itself."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from narra_dagster.settings import server_file
+
+    try:
+        url = json.loads(server_file().read_text())["url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    params = {"q": query, "limit": limit}
+    if kind:
+        params["kind"] = kind
+    if min_relevance is not None:
+        params["min_relevance"] = min_relevance
+    request = urllib.request.Request(f"{url}/api/v1/search?{urllib.parse.urlencode(params)}")
+    token = os.environ.get("NARRA_API_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["hits"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return None  # not running any more, or not ready: search here
 
 
 def _clock(seconds: float) -> str:
@@ -196,14 +242,20 @@ def format_locator(hit) -> str:
     return " ".join(parts)
 
 
-def _print_hits(hits) -> None:
-    """Hits of every kind, best first, as a table: score, kind, where (the locator), source,
-    media_id and text."""
-    table = Table("score", "kind", "where", "source", "text")
+def _print_hits(hits: list[dict]) -> None:
+    """Hits of every kind, best first, as a table: relevance, kind, where (the locator), source,
+    text (the matched words in bold) and media_id."""
+    from types import SimpleNamespace
+
+    table = Table("relevance", "kind", "where", "source", "text")
     table.add_column("media_id", no_wrap=True, min_width=16)
     for h in hits:
-        table.add_row(f"{h.score:.3f}", h.kind, format_locator(h), escape(h.source_name or ""),
-                      escape(h.text), h.media_id)
+        text, match = h["text"], h.get("match")
+        shown = (escape(text[:match[0]]) + "[bold]" + escape(text[match[0]:match[1]]) + "[/bold]"
+                 + escape(text[match[1]:])) if match else escape(text)
+        table.add_row(f"{h.get('relevance', 0.0):.2f}", h["kind"],
+                      format_locator(SimpleNamespace(**h)), escape(h.get("source_name") or ""),
+                      shown, h["media_id"])
     out.print(table)
 
 
@@ -343,6 +395,26 @@ def health(
     raise typer.Exit(report.exit_code)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs "
+                                           "NARRA_API_TOKEN (or --insecure).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Serve a non-loopback address without a token.")] = False,
+) -> None:
+    """The HTTP API (docs at /api/docs): search over HTTP, with the model loaded once; `narra
+    search` asks it while it runs. Ctrl-C stops it."""
+    from narra_dagster.app.api import api_token, check_bind, serve as run_server
+
+    try:
+        check_bind(host, api_token(), insecure)
+    except ValueError as exc:
+        err.print(f"narra serve: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    run_server(host, port, insecure=insecure)
+
+
 @app.command("serve-health")
 def serve_health(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")] = 8077,
@@ -366,20 +438,31 @@ def serve_health(
 
 
 @app.command()
-def dev(port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the web UI.")] = 3000) -> None:
-    """Start the Dagster UI and daemon on this project, with DAGSTER_HOME under NARRA_HOME."""
+def dev(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the web UI.")] = 3000,
+    api_port: Annotated[int, typer.Option(
+        min=0, max=65535, help="Port of the HTTP API (`narra serve`, on 127.0.0.1); 0: none.")] = 8080,
+) -> None:
+    """Start the Dagster UI and daemon on this project, with DAGSTER_HOME under NARRA_HOME, and
+    the HTTP API (which `narra search` then asks, with its model already loaded)."""
     from narra_dagster import settings
 
     home = settings.ensure_dagster_home()
     err.print(f"DAGSTER_HOME={home}  NARRA_HOME={settings.narra_home()}  inbox={settings.inbox_dir()}")
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "narra_dagster.definitions", "-p", str(port)]
-    raise typer.Exit(run_process_tree(cmd))
+    extra = []
+    if api_port:
+        err.print(f"HTTP API: http://127.0.0.1:{api_port}/api/docs")
+        extra.append([sys.executable, "-m", "narra_dagster.cli", "serve", "--port", str(api_port)])
+    raise typer.Exit(run_process_tree(cmd, also=extra))
 
 
-def run_process_tree(cmd: list[str], grace_s: float = 20.0) -> int:
+def run_process_tree(cmd: list[str], grace_s: float = 20.0, *,
+                     also: list[list[str]] = ()) -> int:
     """Run ``cmd`` in a process group of its own and wait for it; SIGTERM or SIGINT to this
     process is passed to the whole group (``dagster dev`` and the web server, daemon and code
-    servers it starts), which gets ``grace_s`` seconds to stop before SIGKILL.
+    servers it starts), which gets ``grace_s`` seconds to stop before SIGKILL. The commands in
+    ``also`` run in the same group, stopped with it; their exit does not end the wait.
 
     Returns:
         The command's exit code (128 + the signal's number when stopped by a signal).
@@ -388,6 +471,8 @@ def run_process_tree(cmd: list[str], grace_s: float = 20.0) -> int:
     import time
 
     child = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+    for extra in also:
+        subprocess.Popen(extra, env=os.environ.copy(), process_group=child.pid)
     received: list[int] = []
 
     def forward(signum, _frame):

@@ -58,3 +58,9 @@ def ensure_dagster_home() -> Path:
         shutil.copyfile(_TEMPLATE, config)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def server_file() -> Path:
+    """``$NARRA_HOME/serve.json``: written by a running ``narra serve`` (``{"url", "pid"}``) so
+    ``narra search`` can ask it instead of loading the index and the model itself."""
+    return narra_home() / "serve.json"

@@ -22,7 +22,6 @@ from collections.abc import Iterator, Mapping
 
 from pydantic import BaseModel, Field, ValidationError
 
-from narra_dagster.core.errors import StageTimeout
 
 ENV_PREFIX = "NARRA_"
 
@@ -104,6 +103,10 @@ def time_limit(seconds: float, what: str) -> Iterator[None]:
             so no ``except Exception`` inside the block can swallow it); its message says what
             ran and the limit.
     """
+    # Imported here: narra_dagster.core.errors imports Dagster (a second), which every `narra`
+    # command would otherwise pay for in its settings check.
+    from narra_dagster.core.errors import StageTimeout
+
     usable = (seconds and seconds > 0 and hasattr(signal, "setitimer")
               and threading.current_thread() is threading.main_thread())
     if not usable:

@@ -1,0 +1,115 @@
+"""`narra serve`: the HTTP API as a real server process, and `narra search` answered by it."""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from narra_dagster.resources import LanceSearchIndex
+from narra_dagster.resources.search_index import IndexRow
+
+from .conftest import REPO, subprocess_env
+from .services import free_port, wait_for
+
+KEY = "cccccccccccccccc"
+TOKEN = "s3cret-token-for-tests"
+TEXTS = ["the lighthouse keeper counts seagulls every morning",
+         "a recipe for bread with sourdough and rye flour"]
+
+
+def _get(url, token=None):
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture
+def server(home, embedder):
+    index = LanceSearchIndex(uri=str(home / "index"))
+    rows = [IndexRow(media_id=KEY, kind="video", origin="video_index_rows",
+                     source_name="harbour.m4a", chunk_index=i, start_s=10.0 * i,
+                     end_s=10.0 * i + 9, text=t, vector=v.tolist(),
+                     words=[(w, 10.0 * i + k, 10.0 * i + k + 0.5) for k, w in enumerate(t.split())])
+            for i, (t, v) in enumerate(zip(TEXTS, embedder.embed(TEXTS)))]
+    index.upsert_partition(KEY, "video", rows, origin="video_index_rows")
+    port = free_port()
+    env = {**subprocess_env(home), "NARRA_API_TOKEN": TOKEN}
+    log = open(home / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "narra_dagster.cli", "serve", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _alive(url) and _get(f"{url}/readyz")[0] == 200, 120, "the API ready",
+                 on_timeout=lambda: (home / "serve.log").read_text())
+        yield url, env, home
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    assert not (home / "serve.json").exists()  # removed when the server stops
+
+
+def _alive(url):
+    try:
+        urllib.request.urlopen(f"{url}/healthz", timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+def test_search_over_http_and_the_cli_asks_the_running_server(server):
+    url, env, home = server
+    assert json.loads((home / "serve.json").read_text())["url"] == url
+
+    status, body = _get(f"{url}/api/v1/search?q=keeper+counts+seagulls")
+    assert status == 401 and body["error"]["code"] == "unauthorized"
+    status, body = _get(f"{url}/api/v1/search?q=keeper+counts+seagulls", token="wrong")
+    assert status == 401
+    status, body = _get(f"{url}/api/v1/search?q=keeper+counts+seagulls&limit=3", token=TOKEN)
+    assert status == 200 and body["no_good_match"] is False
+    hit = body["hits"][0]
+    assert (hit["media_id"], hit["start_s"], hit["end_s"]) == (KEY, 2.0, 4.5)
+    assert hit["text"][slice(*hit["match"])] == "keeper counts seagulls"
+
+    status, body = _get(f"{url}/api/v1/search?q=quarterly+tax+return+deadline", token=TOKEN)
+    assert status == 200 and body == {"query": "quarterly tax return deadline", "hits": [],
+                                      "no_good_match": True}
+    status, body = _get(f"{url}/api/v1/search?q=bread&limit=0", token=TOKEN)
+    assert status == 422 and body["error"]["code"] == "invalid_request" and "limit" in body["error"]["message"]
+    status, body = _get(f"{url}/api/v1/search?q=bread&kind=spreadsheet", token=TOKEN)
+    assert status == 422 and body["error"]["code"] == "unknown_kind"
+    assert TOKEN not in (home / "serve.log").read_text()
+
+    # The CLI's answer through the server is the one it computes itself (--local).
+    def requests():
+        time.sleep(0.5)  # uvicorn's access log line
+        return (home / "serve.log").read_text().count("GET /api/v1/search?q=keeper")
+
+    args = ["narra", "search", "keeper counts seagulls", "--json"]
+    before = requests()
+    served = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    after_served = requests()
+    local = subprocess.run(args + ["--local"], env=env, capture_output=True, text=True, timeout=300)
+    assert served.returncode == local.returncode == 0, (served.stderr, local.stderr)
+    assert json.loads(served.stdout) == json.loads(local.stdout)
+    assert (after_served, requests()) == (before + 1, before + 1)  # --local did not ask it
+
+    nothing = subprocess.run(["narra", "search", "quarterly tax return deadline"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert nothing.returncode == 0 and "no good match" in nothing.stdout
+
+
+def test_serving_beyond_loopback_needs_a_token(home):
+    env = {k: v for k, v in subprocess_env(home).items() if not k.startswith("NARRA_API_TOKEN")}
+    done = subprocess.run(["narra", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "NARRA_API_TOKEN" in done.stderr and "Traceback" not in done.stderr
