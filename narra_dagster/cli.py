@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Optional
 
 import typer
@@ -242,6 +243,18 @@ def format_locator(hit) -> str:
     return " ".join(parts)
 
 
+def _snippet(text: str, match, width: int = 200) -> str:
+    """Rich markup of ``text`` cut to about ``width`` characters around ``match`` (``[start,
+    end)`` characters, shown in bold), with ``...`` where it was cut."""
+    if not match:
+        return escape(text[:width]) + ("..." if len(text) > width else "")
+    a, b = match
+    start = max(0, a - width // 3)
+    end = min(len(text), max(b, start + width))
+    return (("..." if start else "") + escape(text[start:a]) + "[bold]" + escape(text[a:b])
+            + "[/bold]" + escape(text[b:end]) + ("..." if end < len(text) else ""))
+
+
 def _print_hits(hits: list[dict]) -> None:
     """Hits of every kind, best first, as a table: relevance, kind, where (the locator), source,
     text (the matched words in bold) and media_id."""
@@ -250,9 +263,7 @@ def _print_hits(hits: list[dict]) -> None:
     table = Table("relevance", "kind", "where", "source", "text")
     table.add_column("media_id", no_wrap=True, min_width=16)
     for h in hits:
-        text, match = h["text"], h.get("match")
-        shown = (escape(text[:match[0]]) + "[bold]" + escape(text[match[0]:match[1]]) + "[/bold]"
-                 + escape(text[match[1]:])) if match else escape(text)
+        shown = _snippet(h["text"], h.get("match"))
         table.add_row(f"{h.get('relevance', 0.0):.2f}", h["kind"],
                       format_locator(SimpleNamespace(**h)), escape(h.get("source_name") or ""),
                       shown, h["media_id"])
@@ -458,11 +469,12 @@ def dev(
 
 
 def run_process_tree(cmd: list[str], grace_s: float = 20.0, *,
-                     also: list[list[str]] = ()) -> int:
+                     also: Sequence[list[str]] = ()) -> int:
     """Run ``cmd`` in a process group of its own and wait for it; SIGTERM or SIGINT to this
     process is passed to the whole group (``dagster dev`` and the web server, daemon and code
-    servers it starts), which gets ``grace_s`` seconds to stop before SIGKILL. The commands in
-    ``also`` run in the same group, stopped with it; their exit does not end the wait.
+    servers it starts), which gets ``grace_s`` seconds to stop before SIGKILL. Each command in
+    ``also`` runs in a group of its own beside it and is stopped with it; its exit does not end
+    the wait.
 
     Returns:
         The command's exit code (128 + the signal's number when stopped by a signal).
@@ -470,18 +482,25 @@ def run_process_tree(cmd: list[str], grace_s: float = 20.0, *,
     import signal
     import time
 
-    child = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
-    for extra in also:
-        subprocess.Popen(extra, env=os.environ.copy(), process_group=child.pid)
+    groups: list[int] = []
     received: list[int] = []
+
+    def stop_all(signum: int) -> None:
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signum)
 
     def forward(signum, _frame):
         received.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGTERM)
+        stop_all(signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        child = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+        groups.append(child.pid)
+        for extra in also:
+            groups.append(subprocess.Popen(extra, env=os.environ.copy(),
+                                           start_new_session=True).pid)
         while child.poll() is None:
             if received:
                 deadline = time.monotonic() + grace_s
@@ -490,8 +509,7 @@ def run_process_tree(cmd: list[str], grace_s: float = 20.0, *,
                 break
             time.sleep(0.2)
     finally:
-        with contextlib.suppress(ProcessLookupError):  # nothing of the tree outlives narra dev
-            os.killpg(child.pid, signal.SIGKILL)
+        stop_all(signal.SIGKILL)  # nothing of the tree outlives narra dev
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     code = child.wait()

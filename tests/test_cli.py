@@ -153,27 +153,30 @@ def test_sigterm_to_narra_dev_stops_its_whole_process_tree(home):
 
     from .services import free_port, wait_for
 
-    port = free_port()
-    proc = subprocess.Popen(["narra", "dev", "--port", str(port)], env=subprocess_env(home),
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port, api_port = free_port(), free_port()
+    proc = subprocess.Popen(["narra", "dev", "--port", str(port), "--api-port", str(api_port)],
+                            env=subprocess_env(home), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
-        def up():
+        def up(url=f"http://127.0.0.1:{port}/server_info"):
             try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info",
-                                              timeout=2).status == 200
+                return urllib.request.urlopen(url, timeout=2).status == 200
             except OSError:
                 return False
 
-        wait_for(up, 180, "the Dagster UI answering", interval_s=2)
+        api = f"http://127.0.0.1:{api_port}/healthz"
+        wait_for(lambda: up() and up(api), 180, "the Dagster UI and the API answering", interval_s=2)
         tree = _descendants(proc.pid)
-        assert len(tree) >= 3, tree  # dagster dev, the web server, the daemon (and code servers)
+        # dagster dev, the web server, the daemon (and code servers), the API
+        assert len(tree) >= 4, tree
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(_alive(p) for p in tree):
             time.sleep(0.5)
         assert not [p for p in tree if _alive(p)]
-        assert not up()
+        assert not up() and not up(api)
+        assert not (home / "serve.json").exists()
     finally:
         if proc.poll() is None:
             proc.kill()
