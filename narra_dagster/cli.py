@@ -35,6 +35,10 @@ def _check_settings() -> None:
 
     try:
         Limits.from_env()
+        if os.environ.get("NARRA_WHISPER_MODEL") or os.environ.get("NARRA_WHISPER_LANGUAGE"):
+            from narra_dagster.resources.transcriber import whisper_settings_from_env
+
+            whisper_settings_from_env()
     except ValueError as exc:
         err.print(f"narra: {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None

