@@ -178,8 +178,10 @@ def search(
     else:
         from narra_dagster.app.queries import search_text
         from narra_dagster.registry import UnknownKindError
+        from narra_dagster.resources import default_resources
 
-        resources = _defs().resources
+        # The resources the definitions get (build_defs), without loading every asset module.
+        resources = default_resources()
         try:
             hits = [h.model_dump() for h in search_text(
                 query, embedder=resources["embedder"], search_index=resources["search_index"],
