@@ -219,7 +219,12 @@ def _ask_server(query: str, kind: str | None, limit: int,
     if min_relevance is not None:
         params["min_relevance"] = min_relevance
     request = urllib.request.Request(f"{url}/api/v1/search?{urllib.parse.urlencode(params)}")
-    token = os.environ.get("NARRA_API_TOKEN")
+    from narra_dagster.app.api import api_token
+
+    try:
+        token = api_token()  # NARRA_API_TOKEN or NARRA_API_TOKEN_FILE, as the server reads it
+    except ValueError:
+        token = None
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:

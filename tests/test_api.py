@@ -42,7 +42,9 @@ def server(home, embedder):
             for i, (t, v) in enumerate(zip(TEXTS, embedder.embed(TEXTS)))]
     index.upsert_partition(KEY, "video", rows, origin="video_index_rows")
     port = free_port()
-    env = {**subprocess_env(home), "NARRA_API_TOKEN": TOKEN}
+    token_file = home / "api-token"
+    token_file.write_text(TOKEN + "\n")
+    env = {**subprocess_env(home), "NARRA_API_TOKEN_FILE": str(token_file)}  # server and CLI
     log = open(home / "serve.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "narra_dagster.cli", "serve", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
