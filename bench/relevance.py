@@ -198,7 +198,7 @@ def locator_checks(q: dict, hits: list[dict], boxes: dict[str, list[float]]) -> 
     early allowed, no slack after), against ``chunk``: whether the chunk's start would; ``text``:
     on a judged page, for a phrase query, its ``match`` span holds every content word of the
     phrase; ``box``: on a judged image, its box lies inside the band the text was drawn in."""
-    from narra_dagster.resources.ranking import QueryTerms, tokens
+    from narra_dagster.resources.ranking import QueryTerms, _key, tokens
 
     out = {}
     for target in q["targets"]:
@@ -212,7 +212,7 @@ def locator_checks(q: dict, hits: list[dict], boxes: dict[str, list[float]]) -> 
         elif "page" in target and q["type"] == "phrase" and first.get("page") == target["page"]:
             match = first.get("match")
             found = set(tokens(first["text"][match[0]:match[1]])) if match else set()
-            keys = {w[:5] if len(w) >= 5 else w for w in found}
+            keys = {_key(w) for w in found}
             out.setdefault("text", set(QueryTerms(q["query"]).wanted) <= keys)
         elif target["media_id"] in boxes and first.get("box") is not None:
             x0, y0, x1, y1 = first["box"]

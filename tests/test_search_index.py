@@ -136,3 +136,24 @@ def test_nothing_relevant_answers_no_hits_and_each_hit_says_how_relevant(tmp_pat
     # A paraphrase with no shared content word is found by meaning.
     para = search("birds counted by the man who tends the light at the coast", min_relevance=0)
     assert para[0].chunk_index == 0 and para[0].media_id == A
+
+
+def test_queries_without_words_or_content_and_word_forms(tmp_path, embedder):
+    index = LanceSearchIndex(uri=str(tmp_path / "index"))
+    texts = ["international trade agreements were signed", "OK", "the person who called",
+             "the rocket launches at dawn"]
+    index.upsert_partition(A, "video", _rows(A, texts, embedder), origin=ORIGIN)
+
+    def search(query, **kw):
+        return index.search(query, embedder.embed([query])[0], **kw)
+
+    for nothing in ("", "   ", "?", "--", "'"):
+        assert search(nothing, min_relevance=0) == [], nothing
+    # Stop words alone say nothing of relevance: no lexical match counts.
+    assert all(h.relevance < 0.5 for h in search("the", min_relevance=0))
+    assert search("the") == []
+    # Word forms match by stem; a shared prefix of another word does not.
+    assert search("launch")[0].chunk_index == 3
+    assert not [h for h in search("internet", min_relevance=0) if h.chunk_index == 0
+                and h.relevance >= 0.5]
+    assert search("fox " * 300, min_relevance=0) is not None  # a long query is cut, not slow

@@ -11,8 +11,10 @@ Per candidate row and query:
 - ``coverage``: the share of the query's distinct content words (stop words left out unless
   the query has nothing else) that occur in the row's text;
 - ``phrase``: the longest run of consecutive query words found consecutively in the text,
-  divided by the query's word count (1.0 = the exact phrase; word forms match on a shared 5-letter
-  prefix, standing in for stemming).
+  divided by the query's word count (1.0 = the exact phrase).
+
+Words match by their English Snowball stem (``snowballstemmer``, on PyStemmer's C code), so
+"launches" finds "launch" but "internet" does not find "international".
 
 The rank score is a weighted sum of those four (:class:`Weights`). ``relevance``, what a client
 thresholds, is ``max(lexical, semantic)``: ``lexical = coverage x (0.5 + 0.5 x phrase)``, so one
@@ -27,6 +29,7 @@ topics absent from the corpus), whose figures the README gives.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,19 +64,44 @@ class Weights:
     phrase: float = 0.4
 
 
+MAX_QUERY_TOKENS = 64  # words of a query that are matched; the rest are ignored (bounds cost)
+_stems: dict[str, str] = {}
+_stem_lock = threading.Lock()
+_stemmer = None
+
+
 def _key(token: str) -> str:
-    # A shared 5-letter prefix stands in for stemming: sleeps ~ sleeping, launch ~ launches.
-    return token if len(token) < 5 else token[:5]
+    """The token's English Snowball stem (sleeps, sleeping -> sleep; launches -> launch), cached:
+    PyStemmer's C implementation through snowballstemmer, about 1 us a word, and a dict after."""
+    global _stemmer
+    stem = _stems.get(token)
+    if stem is None:
+        with _stem_lock:  # a Snowball stemmer object is not thread-safe
+            if _stemmer is None:
+                import snowballstemmer
+
+                _stemmer = snowballstemmer.stemmer("english")
+            if len(_stems) > 500_000:
+                _stems.clear()
+            stem = _stems[token] = _stemmer.stemWord(token)
+    return stem
+
+
+def _prefix(stem: str) -> str:
+    # What every word with this stem starts with: Snowball only rewrites the end of a word, and
+    # may change a stem's last letter (cry -> cri).
+    return stem[:min(4, max(1, len(stem) - 1))]
 
 
 def tokens(text: str) -> list[str]:
     """Lower-cased word tokens of ``text`` (letters, digits, underscores, apostrophes)."""
-    return [t.lower().strip("'") for t in _TOKEN.findall(text)]
+    return [t for t in (m.lower().strip("'") for m in _TOKEN.findall(text)) if t]
 
 
 def token_spans(text: str) -> list[tuple[str, int, int]]:
     """``[(token, char_start, char_end)]`` of ``text``, tokens as :func:`tokens` makes them."""
-    return [(m.group().lower().strip("'"), m.start(), m.end()) for m in _TOKEN.finditer(text)]
+    return [(t, m.start(), m.end()) for m in _TOKEN.finditer(text)
+            if (t := m.group().lower().strip("'"))]
 
 
 @dataclass
@@ -90,18 +118,21 @@ class QueryTerms:
     """A query prepared for matching: its tokens, content words and their match keys."""
 
     def __init__(self, query: str):
-        self.tokens = tokens(query)
+        self.tokens = tokens(query)[:MAX_QUERY_TOKENS]
         content = [t for t in self.tokens if t not in STOP]
+        # A query of stop words only ("the", "who") is matched on them, but they say nothing of
+        # relevance (see relevance()).
+        self.has_content = bool(content)
         self.wanted = list(dict.fromkeys(_key(t) for t in (content or self.tokens)))
         self.keys = [_key(t) for t in self.tokens]
         self.positions: dict[str, list[int]] = {}
         for i, k in enumerate(self.keys):
             self.positions.setdefault(k, []).append(i)
         self.span = len(self.tokens) + 3  # window width in tokens
-        # A word starting with one of the wanted keys (a superset of what evidence() matches).
-        self._any = re.compile(r"(?<![\w'])(?:" + "|".join(
-            re.escape(k) for k in sorted(self.wanted, key=len, reverse=True)) + ")",
-            re.IGNORECASE) if self.wanted else None
+        # A word starting as a wanted stem does (a superset of what evidence() matches).
+        prefixes = sorted({_prefix(k) for k in self.wanted}, key=len, reverse=True)
+        self._any = re.compile(r"(?<![\w'])(?:" + "|".join(map(re.escape, prefixes)) + ")",
+                               re.IGNORECASE) if self.wanted else None
 
     def evidence(self, text_tokens: Sequence[str]) -> Evidence:
         """Coverage, phrase and best window of the query in ``text_tokens``.
@@ -125,16 +156,19 @@ class QueryTerms:
         hits = [j for j, k in enumerate(keys) if k in wanted]
         if not hits:
             return Evidence(0.0, 0.0, None)
-        # Longest run of consecutive query tokens appearing consecutively, and where it ends.
-        best_run, run_at = 0, {}
-        for j, k in enumerate(keys):
-            for i in self.positions.get(k, ()):
-                n = 1
-                while (i + n < len(self.keys) and j + n < len(keys)
-                       and keys[j + n] == self.keys[i + n]):
-                    n += 1
-                run_at[j] = max(run_at.get(j, 0), n)
-                best_run = max(best_run, n)
+        # run_at[j]: the longest run of consecutive query words that appears in the text from
+        # position j on. A dynamic programme over matching (query, text) positions only, from
+        # the end: O(matches), not O(query x text x run).
+        run_at: dict[int, int] = {}
+        following: dict[int, int] = {}  # query position -> run length from text position j + 1
+        for j in range(len(keys) - 1, -1, -1):
+            here = {}
+            for i in self.positions.get(keys[j], ()):
+                here[i] = 1 + following.get(i + 1, 0)
+            if here:
+                run_at[j] = max(here.values())
+            following = here
+        best_run = max(run_at.values(), default=0)
         coverage = len({keys[j] for j in hits}) / len(self.wanted)
         best, window = (-1, -1), None
         end = 0
@@ -160,7 +194,7 @@ def semantic(cosine: float) -> float:
 def relevance(terms: QueryTerms, ev: Evidence, cosine: float) -> float:
     """How surely a row answers the query, in [0, 1], comparable across queries (see the module
     docstring)."""
-    lexical = ev.coverage * (0.5 + 0.5 * ev.phrase)
+    lexical = ev.coverage * (0.5 + 0.5 * ev.phrase) if terms.has_content else 0.0
     return round(max(lexical, semantic(cosine)), 4)
 
 

@@ -278,10 +278,12 @@ class LanceSearchIndex(SearchIndex):
         with lock:
             try:
                 table = self._db.open_table(TABLE)
-            except (ValueError, FileNotFoundError):  # no table yet
+            except (ValueError, FileNotFoundError):  # no table yet (or it was removed)
                 with write_lock(self.uri, TABLE):
                     table = self._db.create_table(TABLE, schema=SCHEMA, exist_ok=True)
-            if self.uri not in _set_up:  # checked once per process: it lists the indices
+                _set_up.discard(self.uri)
+                _scalar_ready.discard(self.uri)
+            if self.uri not in _set_up:  # checked once per process per table: lists indices
                 if _needs_setup(table):
                     with write_lock(self.uri, TABLE):
                         table.checkout_latest()
@@ -463,7 +465,8 @@ class LanceSearchIndex(SearchIndex):
 
         Args:
             query: the search text; any characters (the full-text side falls back to its words
-                when the query parser refuses it).
+                when the query parser refuses it); one without a word answers ``[]``. Its first
+                64 words are matched.
             vector: float32 [384] unit embedding of ``query``.
             kind: only rows of this kind.
             limit: at most this many hits.
@@ -475,9 +478,13 @@ class LanceSearchIndex(SearchIndex):
         """
         if kind is not None and not _KIND_NAME.match(kind):  # it goes into a filter expression
             raise ValueError(f"not a kind name: {kind!r}")
-        threshold = self.min_relevance if min_relevance is None else min_relevance
-        rows = self.candidates(query, vector, kind=kind)
         terms = QueryTerms(query)
+        if not terms.tokens:  # blank or punctuation only: nothing to look for
+            return []
+        threshold = self.min_relevance if min_relevance is None else min_relevance
+        # Deeper than `limit`, so a large limit is not cut at the candidates' count.
+        rows = self.candidates(query, vector, kind=kind,
+                               depth=max(self.candidates_per_side, 2 * limit))
         hits: list[SearchHit] = []
         kept: list[dict] = []
         for s in score_candidates(query, rows, self._weights()):
@@ -565,12 +572,16 @@ def _rows_with_cosine(result, vector: np.ndarray) -> list[dict]:
 _COLUMNS = ["id", "media_id", "kind", "source_name", "chunk_index", "start_s", "end_s", "page",
             "box", "origin", "text", "words", "vector"]
 _executor = None
+_executor_lock = threading.Lock()
 
 
 def _pool():
+    """The threads that run the full-text side of searches (the calling thread runs the vector
+    side); 8, so concurrent searches of an API server do not queue behind each other here."""
     global _executor
-    if _executor is None:
-        from concurrent.futures import ThreadPoolExecutor
+    with _executor_lock:
+        if _executor is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-        _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="narra-search")
+            _executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="narra-search")
     return _executor
