@@ -109,10 +109,13 @@ def process(
         def done(result):
             bar.advance(task)
             if not as_json:
+                tag = f"[{result.error_class}] " if result.error_class else ""
                 mark = {"succeeded": "[green]ok[/]", "skipped": "[cyan]already done[/]"}.get(
-                    result.status, f"[red]failed[/] {escape(str(result.error))}")
-                err.print(f"{escape(result.source_name)} -> {result.kind or '?'} {result.partition_key or '-'}: "
-                          f"{mark} ({result.seconds:.1f} s)", markup=True, highlight=False)
+                    result.status, f"[red]failed[/] {escape(tag + str(result.error))}")
+                # One line per file on stdout, the progress bar on stderr.
+                where = " ".join(x for x in (result.kind, result.partition_key) if x) or "refused"
+                out.print(f"{escape(result.source_name)} -> {where}: {mark} "
+                          f"({result.seconds:.1f} s)", markup=True, highlight=False)
 
         results = process_files(files, instance, _defs(), force=force, batch=batch,
                                 on_start=started, on_done=done)
@@ -169,8 +172,11 @@ def search(
     if image is not None:
         _search_image(image, limit, as_json)
         return
-    if not query:
+    if not query or not query.strip():
         err.print("give a query, or --image PATH")
+        raise typer.Exit(2)
+    if not any(c.isalnum() for c in query):
+        err.print(f"give a query with at least one word: {escape(repr(query))} has none")
         raise typer.Exit(2)
     answer = None if local else _ask_server(query, kind, limit, min_relevance)
     if answer is not None:
@@ -201,17 +207,28 @@ def search(
 
 def _ask_server(query: str, kind: str | None, limit: int,
                 min_relevance: float | None) -> list[dict] | None:
-    """The hits from the running `narra serve` of this NARRA_HOME, or None when none answers
-    (no serve.json, or the server is gone): the caller then searches itself."""
+    """The hits from the running `narra serve` of this NARRA_HOME, or None when none answers:
+    no serve.json, its process gone, or another program on its port (checked by the server's id
+    before any token is sent). The caller then searches itself; when the server answered with
+    an error, one line on stderr says so."""
     import urllib.error
     import urllib.parse
     import urllib.request
 
+    from narra_dagster.app.api import api_token
     from narra_dagster.settings import server_file
 
     try:
-        url = json.loads(server_file().read_text())["url"]
+        found = json.loads(server_file().read_text())
+        url, pid, server_id = found["url"], int(found["pid"]), found["server_id"]
+        os.kill(pid, 0)  # still running?
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+            if response.headers.get("X-Narra-Server") != server_id:
+                return None
+    except (urllib.error.URLError, OSError, ValueError):
         return None
     params = {"q": query, "limit": limit}
     if kind:
@@ -219,8 +236,6 @@ def _ask_server(query: str, kind: str | None, limit: int,
     if min_relevance is not None:
         params["min_relevance"] = min_relevance
     request = urllib.request.Request(f"{url}/api/v1/search?{urllib.parse.urlencode(params)}")
-    from narra_dagster.app.api import api_token
-
     try:
         token = api_token()  # NARRA_API_TOKEN or NARRA_API_TOKEN_FILE, as the server reads it
     except ValueError:
@@ -230,8 +245,16 @@ def _ask_server(query: str, kind: str | None, limit: int,
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())["hits"]
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        err.print(f"narra serve at {url} answered {exc.code} ({escape(str(message))}); "
+                  "searching here instead", highlight=False)
+        return None
     except (urllib.error.URLError, OSError, ValueError, KeyError):
-        return None  # not running any more, or not ready: search here
+        return None
 
 
 def _clock(seconds: float) -> str:
@@ -267,15 +290,17 @@ def _snippet(text: str, match, width: int = 200) -> str:
 
 
 def _print_hits(hits: list[dict]) -> None:
-    """Hits of every kind, best first, as a table: relevance, kind, where (the locator), source,
-    text (the matched words in bold) and media_id."""
+    """Hits of every kind, best first, as a table: rank, relevance, kind, where (the locator),
+    source, text (the matched words in bold) and media_id."""
     from types import SimpleNamespace
 
-    table = Table("relevance", "kind", "where", "source", "text")
+    # Rank order is the ranking's; relevance is how sure each hit is, for thresholds, and need
+    # not fall monotonically down the list.
+    table = Table("#", "relevance", "kind", "where", "source", "text")
     table.add_column("media_id", no_wrap=True, min_width=16)
-    for h in hits:
+    for rank, h in enumerate(hits, 1):
         shown = _snippet(h["text"], h.get("match"))
-        table.add_row(f"{h.get('relevance', 0.0):.2f}", h["kind"],
+        table.add_row(str(rank), f"{h.get('relevance', 0.0):.2f}", h["kind"],
                       format_locator(SimpleNamespace(**h)), escape(h.get("source_name") or ""),
                       shown, h["media_id"])
     out.print(table)
@@ -494,6 +519,7 @@ def run_process_tree(cmd: list[str], grace_s: float = 20.0, *,
     import time
 
     groups: list[int] = []
+    procs: list[subprocess.Popen] = []
     received: list[int] = []
 
     def stop_all(signum: int) -> None:
@@ -507,11 +533,10 @@ def run_process_tree(cmd: list[str], grace_s: float = 20.0, *,
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        child = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
-        groups.append(child.pid)
-        for extra in also:
-            groups.append(subprocess.Popen(extra, env=os.environ.copy(),
-                                           start_new_session=True).pid)
+        for command in (cmd, *also):
+            procs.append(subprocess.Popen(command, env=os.environ.copy(), start_new_session=True))
+            groups.append(procs[-1].pid)
+        child = procs[0]
         while child.poll() is None:
             if received:
                 deadline = time.monotonic() + grace_s
@@ -520,7 +545,13 @@ def run_process_tree(cmd: list[str], grace_s: float = 20.0, *,
                 break
             time.sleep(0.2)
     finally:
-        stop_all(signal.SIGKILL)  # nothing of the tree outlives narra dev
+        # The rest (the API) gets SIGTERM and a moment to clean up (serve.json), then SIGKILL
+        # for anything left: nothing of the tree outlives narra dev.
+        stop_all(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.1)
+        stop_all(signal.SIGKILL)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     code = child.wait()

@@ -70,7 +70,11 @@ def _alive(url):
 
 def test_search_over_http_and_the_cli_asks_the_running_server(server):
     url, env, home = server
-    assert json.loads((home / "serve.json").read_text())["url"] == url
+    marker = json.loads((home / "serve.json").read_text())
+    assert marker["url"] == url and marker["server_id"]
+    assert urllib.request.urlopen(f"{url}/healthz").headers["X-Narra-Server"] == marker["server_id"]
+    status, body = _get(f"{url}/api/v1/search?q=%3F%3F", token=TOKEN)
+    assert status == 422  # no word to look for
 
     status, body = _get(f"{url}/api/v1/search?q=keeper+counts+seagulls")
     assert status == 401 and body["error"]["code"] == "unauthorized"
@@ -89,7 +93,6 @@ def test_search_over_http_and_the_cli_asks_the_running_server(server):
     assert status == 422 and body["error"]["code"] == "invalid_request" and "limit" in body["error"]["message"]
     status, body = _get(f"{url}/api/v1/search?q=bread&kind=spreadsheet", token=TOKEN)
     assert status == 422 and body["error"]["code"] == "unknown_kind"
-    assert TOKEN not in (home / "serve.log").read_text()
 
     # The CLI's answer through the server is the one it computes itself (--local).
     def requests():
@@ -109,3 +112,39 @@ def test_search_over_http_and_the_cli_asks_the_running_server(server):
                              capture_output=True, text=True, timeout=120)
     assert nothing.returncode == 0 and "no good match" in nothing.stdout
 
+
+
+def test_the_cli_sends_nothing_to_another_program_on_the_port(home):
+    """A serve.json left behind (or a port reused by another program): the CLI checks the
+    server's id before it sends the query and the token, then searches itself."""
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen = []
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"hits": [{"fake": true}]}')
+
+        def log_message(self, *args):
+            pass
+
+    other = HTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "serve.json").write_text(json.dumps({
+            "url": f"http://127.0.0.1:{other.server_address[1]}", "pid": os.getpid(),
+            "server_id": "0123456789abcdef"}))
+        env = {**subprocess_env(home), "NARRA_API_TOKEN": TOKEN}
+        done = subprocess.run(["narra", "search", "keeper", "--json"], env=env,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        other.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []  # its own (empty) index, not the other's answer
+    assert seen == [("/healthz", None)]

@@ -74,7 +74,8 @@ def check_bind(host: str, token: str | None, insecure: bool) -> None:
     """
     if not is_loopback(host) and not token and not insecure:
         raise ValueError(f"refusing to serve on {host} without NARRA_API_TOKEN: anyone who can "
-                         "reach it could read and delete media; set a token, or pass --insecure")
+                         "reach it could search everything indexed; set a token, or pass "
+                         "--insecure")
 
 
 class _Searcher:
@@ -99,10 +100,12 @@ class _Searcher:
             self.ready.set()
 
 
-def create_app(*, token: str | None = None, url: str | None = None):
-    """The ASGI app. ``token``: the bearer token every ``/api`` route requires (None: none).
-    ``url``: where it is served; written to :func:`settings.server_file` while it runs, so
-    ``narra search`` finds it."""
+def create_app(*, token: str | None = None, server_id: str | None = None):
+    """The ASGI app. ``token``: the bearer token every ``/api/v1`` route requires (None: none;
+    ``/healthz``, ``/readyz`` and the docs stay open). ``server_id``: sent as the
+    ``X-Narra-Server`` header of every response, so a client that found this server through
+    :func:`settings.server_file` can check it reached this server and not another program on
+    the port."""
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -113,25 +116,18 @@ def create_app(*, token: str | None = None, url: str | None = None):
     @asynccontextmanager
     async def lifespan(app):
         threading.Thread(target=searcher.load, name="narra-api-load", daemon=True).start()
-        marker = settings.server_file()
-        if url:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            tmp = marker.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "started": time.time()}))
-            tmp.replace(marker)
-        try:
-            yield
-        finally:
-            if url:
-                try:
-                    if json.loads(marker.read_text()).get("pid") == os.getpid():
-                        marker.unlink()
-                except (OSError, ValueError):
-                    pass
+        yield
 
     app = FastAPI(title="narra", version="1", lifespan=lifespan, docs_url="/api/docs",
                   openapi_url="/api/openapi.json", redoc_url=None,
-                  description="Upload media, follow its processing, search what it says and shows.")
+                  description="Search what narra's media say and show.")
+
+    if server_id:
+        @app.middleware("http")
+        async def _identify(request: Request, call_next):
+            response = await call_next(request)
+            response.headers["X-Narra-Server"] = server_id
+            return response
 
     def error(status: int, code: str, message: str) -> JSONResponse:
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
@@ -182,7 +178,8 @@ def create_app(*, token: str | None = None, url: str | None = None):
 
     @app.get(f"{API_PREFIX}/search", tags=["search"], dependencies=[Depends(authorized)])
     def search(
-        q: Annotated[str, Query(min_length=1, max_length=1000, description="What to look for.")],
+        q: Annotated[str, Query(min_length=1, max_length=1000, pattern=r"\w",
+                                description="What to look for: at least one word.")],
         kind: Annotated[str | None, Query(description="video, image, document, or a name "
                                                       "people use (pdf, audio, photo...)")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 10,
@@ -206,16 +203,41 @@ def create_app(*, token: str | None = None, url: str | None = None):
 
 def serve(host: str = "127.0.0.1", port: int = 8080, *, insecure: bool = False,
           log_level: str = "info") -> None:
-    """Run the API with uvicorn until interrupted (SIGINT/SIGTERM end it cleanly).
+    """Run the API with uvicorn until interrupted (SIGINT/SIGTERM end it cleanly). Once the port
+    is bound, ``$NARRA_HOME/serve.json`` says where (``{"url", "pid", "server_id"}``); it is
+    removed when this server stops, and never written by a server that could not bind.
 
     Raises:
         ValueError: from :func:`check_bind` or :func:`api_token`.
     """
+    import secrets
+
     import uvicorn
 
     token = api_token()
     check_bind(host, token, insecure)
     local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # where this machine reaches it
     shown = f"[{local}]" if ":" in local else local
-    app = create_app(token=token, url=f"http://{shown}:{port}")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=True)
+    server_id = secrets.token_hex(8)
+    marker = settings.server_file()
+    record = {"url": f"http://{shown}:{port}", "pid": os.getpid(), "server_id": server_id}
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:  # bound: say where, atomically
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                tmp = marker.with_name(f".serve-{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({**record, "started": time.time()}))
+                tmp.replace(marker)
+
+        async def shutdown(self, sockets=None):
+            try:
+                if json.loads(marker.read_text()).get("server_id") == server_id:
+                    marker.unlink()
+            except (OSError, ValueError):
+                pass
+            await super().shutdown(sockets)
+
+    app = create_app(token=token, server_id=server_id)
+    Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True)).run()
