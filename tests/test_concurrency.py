@@ -100,14 +100,22 @@ def _table_ids(index: str) -> list[str]:
     return lancedb.connect(index).open_table("chunks").to_arrow()["id"].to_pylist()
 
 
-def _spawn(target, args_per_run):
+def _spawn(target, args_per_run, timeout_s: float = 300.0):
+    """Run ``target`` in one spawned process per args, released together by a barrier. A
+    process that dies before the barrier breaks it after 120 s (the others then fail too), so a
+    crash ends the test in minutes instead of leaving the rest waiting out every join."""
     ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(len(args_per_run))
+    barrier = ctx.Barrier(len(args_per_run), timeout=120)
     procs = [ctx.Process(target=target, args=(*args, barrier)) for args in args_per_run]
     for p in procs:
         p.start()
+    deadline = time.monotonic() + timeout_s
     for p in procs:
-        p.join(300)
+        p.join(max(1.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(10)
     assert [p.exitcode for p in procs] == [0] * len(procs)
 
 

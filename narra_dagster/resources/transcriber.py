@@ -86,9 +86,12 @@ def whisper_settings_from_env() -> dict:
     if model.endswith(".en") and language not in ("en", "auto"):
         raise ValueError(f"NARRA_WHISPER_LANGUAGE={language!r} needs a multilingual model: "
                          "NARRA_WHISPER_MODEL=base")
-    if language != "auto" and not (2 <= len(language) <= 3 and language.isalpha()):
-        raise ValueError(f"NARRA_WHISPER_LANGUAGE={language!r}: give an ISO 639-1 code (en, de, "
-                         "es...) or auto")
+    if language != "auto":
+        from faster_whisper.tokenizer import _LANGUAGE_CODES  # Whisper's 99 language codes
+
+        if language not in _LANGUAGE_CODES:
+            raise ValueError(f"NARRA_WHISPER_LANGUAGE={language!r}: not a language Whisper knows; "
+                             "give an ISO 639-1 code (en, de, es...) or auto")
     return {"model": model, "language": None if language == "auto" else language}
 
 

@@ -63,10 +63,10 @@ def chunk_segments(
     words_in = 0
     for segment in segments:
         n = len(segment.text.split())
+        known = next((s.language for s in reversed(current) if s.language), None)
         if current and (
             segment.end_s - current[0].start_s > max_seconds or words_in + n > max_words
-            or (segment.language and current[-1].language
-                and segment.language != current[-1].language)
+            or (segment.language and known and segment.language != known)
         ):
             close()
             words_in = 0
