@@ -21,13 +21,15 @@ TEXTS = ["the lighthouse keeper counts seagulls every morning",
          "a recipe for bread with sourdough and rye flour"]
 
 
-def _get(url, token=None):
-    request = urllib.request.Request(url)
+def _get(url, token=None, method="GET", headers=None, raw=False):
+    request = urllib.request.Request(url, method=method, headers=headers or {})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = response.read()
+            return (response.status, body, response.headers) if raw else (response.status,
+                                                                           json.loads(body))
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
 
@@ -41,6 +43,10 @@ def server(home, embedder):
                      words=[(w, 10.0 * i + k, 10.0 * i + k + 0.5) for k, w in enumerate(t.split())])
             for i, (t, v) in enumerate(zip(TEXTS, embedder.embed(TEXTS)))]
     index.upsert_partition(KEY, "video", rows, origin="video_index_rows")
+    yield from _serve(home)
+
+
+def _serve(home):
     port = free_port()
     token_file = home / "api-token"
     token_file.write_text(TOKEN + "\n")
@@ -148,3 +154,66 @@ def test_the_cli_sends_nothing_to_another_program_on_the_port(home):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []  # its own (empty) index, not the other's answer
     assert seen == [("/healthz", None)]
+
+
+def test_items_are_listed_followed_served_with_ranges_and_deleted(home, tmp_path):
+    """Real uploads processed by `narra process`'s code, then followed and removed over HTTP."""
+    import dagster as dg
+    from PIL import Image
+    from skimage import data
+
+    from narra_dagster.app.processing import process_files
+    from narra_dagster.app.runtime import load_definitions, open_instance
+
+    from .support.media import speak, write_audio
+
+    photo = tmp_path / "coffee.jpg"
+    Image.fromarray(data.coffee()).save(photo)
+    audio, _ = speak(["The lighthouse keeper counts seagulls every morning."])
+    speech = write_audio(audio, tmp_path / "keeper.m4a", "m4a")
+    with open_instance() as instance:
+        results = process_files([photo, speech], instance, load_definitions())
+    assert [r.status for r in results] == ["succeeded", "succeeded"], results
+    image_key, audio_key = (r.partition_key for r in results)
+
+    for url, env, _ in _serve(home):
+        api = f"{url}/api/v1/media"
+        status, page = _get(f"{api}?limit=1", token=TOKEN)
+        assert status == 200 and page["total"] == 2 and len(page["items"]) == 1
+        status, rest = _get(f"{api}?limit=1&cursor={page['next_cursor']}", token=TOKEN)
+        assert rest["next_cursor"] is None
+        assert {i["media_id"] for i in page["items"] + rest["items"]} == {image_key, audio_key}
+        status, videos = _get(f"{api}?kind=audio&state=searchable", token=TOKEN)
+        assert [i["media_id"] for i in videos["items"]] == [audio_key]
+        assert _get(f"{api}?state=lost", token=TOKEN)[0] == 422
+
+        status, item = _get(f"{api}/{audio_key}", token=TOKEN)
+        assert status == 200 and item["state"] == "searchable" and item["kind"] == "video"
+        assert item["source_name"] == "keeper.m4a" and item["size_bytes"] == speech.stat().st_size
+        assert item["stages"] and all(st["materialized_at"] for st in item["stages"])
+        assert item["error_class"] is None and item["links"]["dagster_run"].startswith("/runs/")
+        for missing in ("0123456789abcdef", "not-a-key"):
+            status, body = _get(f"{api}/{missing}", token=TOKEN)
+            assert status == 404 and body["error"]["code"] == "not_found"
+        assert _get(f"{api}/{audio_key}")[0] == 401
+
+        # The stored upload, whole and by range (players seek with Range requests).
+        status, whole, headers = _get(f"{api}/{audio_key}/source", token=TOKEN, raw=True)
+        assert status == 200 and whole == speech.read_bytes()
+        assert headers["Accept-Ranges"] == "bytes" and headers["Content-Type"].startswith("audio/")
+        status, part, headers = _get(f"{api}/{audio_key}/source", token=TOKEN, raw=True,
+                                     headers={"Range": "bytes=100-199"})
+        assert status == 206 and part == whole[100:200]
+        assert headers["Content-Range"] == f"bytes 100-199/{len(whole)}"
+
+        # Delete: gone from the item routes and from search; listed as deleted.
+        status, gone = _get(f"{api}/{image_key}", token=TOKEN, method="DELETE")
+        assert status == 200 and gone["state"] == "deleted"
+        assert _get(f"{api}/{image_key}", token=TOKEN)[0] == 404
+        assert _get(f"{api}/{image_key}/source", token=TOKEN)[0] == 404
+        status, found = _get(f"{url}/api/v1/search?q=espresso&min_relevance=0&limit=50", token=TOKEN)
+        assert image_key not in {h["media_id"] for h in found["hits"]}
+        status, deleted = _get(f"{api}?state=deleted", token=TOKEN)
+        assert [i["media_id"] for i in deleted["items"]] == [image_key]
+    with dg.DagsterInstance.get() as instance:
+        assert not instance.has_dynamic_partition("images", image_key)

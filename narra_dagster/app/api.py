@@ -10,6 +10,11 @@ Routes (OpenAPI docs at ``/api/docs``; errors are JSON ``{"error": {"code", "mes
 
 - ``GET /api/v1/search?q=&kind=&limit=&min_relevance=``: ``{"query", "hits", "no_good_match"}``,
   the hits with the fields of ``narra search --json``;
+- ``GET /api/v1/media?state=&kind=&cursor=&limit=``: items, newest first, paged
+  (``{"items", "next_cursor", "total"}``); ``GET /api/v1/media/{media_id}``: one item
+  (:func:`item_view`; 404 for an unknown or deleted id); ``DELETE /api/v1/media/{media_id}``:
+  removes it completely, as ``narra delete`` (answers the item, ``state`` ``deleted``); ``GET /api/v1/media/{media_id}/source``: the uploaded file,
+  with HTTP Range (206) so players can seek;
 - ``GET /healthz``: liveness, ``{"status": "ok"}``; ``GET /readyz``: 200 once the model and the
   index are loaded.
 
@@ -79,25 +84,60 @@ def check_bind(host: str, token: str | None, insecure: bool) -> None:
 
 
 class _Searcher:
-    """The embedder and the index, loaded once (in the background at start-up)."""
+    """The definitions, the Dagster instance, the embedder and the index, loaded once (in the
+    background at start-up)."""
 
     def __init__(self) -> None:
         self.ready = threading.Event()
         self.error: str | None = None
-        self.embedder = self.index = None
+        self.embedder = self.index = self.defs = self.instance = None
 
     def load(self) -> None:
         try:
-            from narra_dagster.app.runtime import load_definitions
+            from narra_dagster.app.runtime import load_definitions, open_instance
 
-            resources = load_definitions().resources
+            self.defs = load_definitions()
+            self.instance = open_instance()
+            resources = self.defs.resources
             self.embedder, self.index = resources["embedder"], resources["search_index"]
             self.embedder.embed(["warm up"])  # loads the model
             self.index.count()  # opens the table
-        except Exception as exc:  # reported by /readyz and by each search
+        except Exception as exc:  # reported by /readyz and by each request that needs it
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
             self.ready.set()
+
+
+# The item states of the API, from app.status's (which also names Dagster run statuses).
+_STATES = {"registered": "queued", "queued": "queued", "not_started": "queued",
+           "starting": "queued", "started": "running", "canceling": "running",
+           "success": "running", "canceled": "failed", "failure": "failed",
+           "failed": "failed", "searchable": "searchable", "deleted": "deleted"}
+STATES = ("queued", "running", "searchable", "failed", "deleted")
+
+
+def item_view(item: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """One item as the API shows it, from :func:`narra_dagster.app.status.partition_status`'s
+    record and the item's manifest: ``state`` (one of :data:`STATES`), ``stages`` (each asset's
+    last materialization: ``materialized_at`` ISO 8601 UTC, ``run_id``), ``error_class`` and
+    ``error`` when it failed, ``size_bytes`` (bytes) and ``ingested_at``."""
+    run = item.get("last_run") or {}
+    state = _STATES.get(item["state"], "running")
+    key = item["media_id"]
+    return {
+        "media_id": key, "kind": item.get("kind"), "source_name": item.get("source_name"),
+        "names": item.get("names", []), "state": state,
+        "stages": [{"asset": asset, **(done or {"materialized_at": None, "run_id": None})}
+                   for asset, done in item.get("assets", {}).items()],
+        "error_class": run.get("error_class") if state == "failed" else None,
+        "error": run.get("error") if state == "failed" else None,
+        "last_run": run or None,
+        "size_bytes": manifest.get("size_bytes"), "ingested_at": manifest.get("ingested_at"),
+        "deleted_at": item.get("deleted_at"),
+        "links": {"self": f"{API_PREFIX}/media/{key}",
+                  "source": f"{API_PREFIX}/media/{key}/source" if state != "deleted" else None,
+                  "dagster_run": f"/runs/{run['run_id']}" if run.get("run_id") else None},
+    }
 
 
 def create_app(*, token: str | None = None, server_id: str | None = None):
@@ -120,7 +160,7 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
 
     app = FastAPI(title="narra", version="1", lifespan=lifespan, docs_url="/api/docs",
                   openapi_url="/api/openapi.json", redoc_url=None,
-                  description="Search what narra's media say and show.")
+                  description="Search what narra's media say and show; follow and remove items.")
 
     if server_id:
         @app.middleware("http")
@@ -136,7 +176,7 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                 503: "not_ready"}
+                 416: "range_not_satisfiable", 503: "not_ready"}
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         return error(exc.status_code, codes.get(exc.status_code, "http_error"), detail)
 
@@ -197,6 +237,98 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         except UnknownKindError as exc:
             return error(422, "unknown_kind", str(exc))
         return {"query": q, "hits": [h.model_dump() for h in hits], "no_good_match": not hits}
+
+    def items(s: _Searcher, media_id: str | None = None) -> list[dict[str, Any]]:
+        from narra_dagster.app.status import partition_status
+
+        store = s.defs.resources["media_store"]
+        out = []
+        for item in partition_status(s.instance, s.defs, media_id):
+            if media_id and item["media_id"] != media_id:
+                continue  # partition_status takes prefixes; the API takes whole ids
+            try:
+                manifest = store.manifest(item["media_id"]) if item["state"] != "deleted" else {}
+            except (FileNotFoundError, ValueError, OSError):
+                manifest = {}
+            out.append(item_view(item, manifest))
+        return out
+
+    def one(s: _Searcher, media_id: str, *, deleted: bool = False) -> dict[str, Any]:
+        from narra_dagster.core.media import is_partition_key
+
+        found = items(s, media_id) if is_partition_key(media_id) else []
+        if not found:
+            raise HTTPException(404, f"no item {media_id!r}")
+        if found[0]["state"] == "deleted" and not deleted:
+            raise HTTPException(404, f"item {media_id!r} was deleted at {found[0]['deleted_at']}")
+        return found[0]
+
+    @app.get(f"{API_PREFIX}/media", tags=["media"], dependencies=[Depends(authorized)])
+    def list_media(
+        state: Annotated[str | None, Query(pattern="^(" + "|".join(STATES) + ")$")] = None,
+        kind: Annotated[str | None, Query(description="video, image or document")] = None,
+        cursor: Annotated[int, Query(ge=0, description="Offset from the previous page's "
+                                                       "next_cursor.")] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> dict[str, Any]:
+        """Items, newest upload first, ``limit`` per page; ``next_cursor`` is null on the last
+        page."""
+        s = loaded()
+        if kind is not None:
+            from narra_dagster.registry import UnknownKindError, get
+
+            try:
+                kind = get(kind).name
+            except UnknownKindError as exc:
+                return error(422, "unknown_kind", str(exc))
+        every = [i for i in items(s) if (state is None or i["state"] == state)
+                 and (kind is None or i["kind"] == kind)]
+        every.sort(key=lambda i: i["ingested_at"] or i["deleted_at"] or "", reverse=True)
+        page = every[cursor:cursor + limit]
+        more = cursor + limit < len(every)
+        return {"items": page, "next_cursor": cursor + limit if more else None,
+                "total": len(every)}
+
+    @app.get(f"{API_PREFIX}/media/{{media_id}}", tags=["media"],
+             dependencies=[Depends(authorized)])
+    def get_media(media_id: str) -> dict[str, Any]:
+        """One item: its state, each stage's last materialization, its error if it failed."""
+        return one(loaded(), media_id)
+
+    @app.delete(f"{API_PREFIX}/media/{{media_id}}", tags=["media"],
+                dependencies=[Depends(authorized)])
+    def delete_media(media_id: str) -> dict[str, Any]:
+        """Remove the item completely (index rows, stored files, partition), as `narra delete`;
+        afterwards it is ``deleted`` and search shows nothing of it."""
+        from narra_dagster.app.lifecycle import delete_items
+
+        s = loaded()
+        item = one(s, media_id, deleted=True)
+        if item["state"] == "deleted":
+            return item
+        (result,) = delete_items([media_id], s.instance, s.defs)
+        if result.status != "deleted":
+            return error(409, "not_deleted", result.detail or result.status)
+        return one(s, media_id, deleted=True)
+
+    @app.get(f"{API_PREFIX}/media/{{media_id}}/source", tags=["media"],
+             dependencies=[Depends(authorized)])
+    def media_source(media_id: str):
+        """The uploaded file itself, with HTTP Range support (206 partial content), so players
+        can seek."""
+        import mimetypes
+
+        from fastapi.responses import FileResponse
+
+        from narra_dagster.resources.media_store import SOURCE
+
+        s = loaded()
+        item = one(s, media_id)
+        path = s.defs.resources["media_store"].local_path(media_id, SOURCE)
+        if not path.exists():
+            raise HTTPException(404, f"item {media_id!r} has no stored source")
+        media_type = mimetypes.guess_type(item["source_name"] or "")[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media_type)
 
     return app
 
