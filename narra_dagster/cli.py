@@ -296,7 +296,13 @@ def _print_hits(hits: list[dict]) -> None:
 
     # Rank order is the ranking's; relevance is how sure each hit is, for thresholds, and need
     # not fall monotonically down the list.
-    table = Table("#", "relevance", "kind", "where", "source", "text")
+    table = Table()
+    table.add_column("#", no_wrap=True)
+    table.add_column("relevance", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("where", no_wrap=True)  # never cut: it is what the hit is for
+    table.add_column("source", max_width=24)
+    table.add_column("text", ratio=1)
     table.add_column("media_id", no_wrap=True, min_width=16)
     for rank, h in enumerate(hits, 1):
         shown = _snippet(h["text"], h.get("match"))

@@ -71,4 +71,9 @@ def make_server(service: HealthService, host: str = "127.0.0.1", port: int = 807
         def log_message(self, format, *args):  # noqa: A002 - quiet: probes hit this every few s
             return
 
-    return ThreadingHTTPServer((host, port), Handler)
+    class Server(ThreadingHTTPServer):
+        # Stop at once when told to, even while a probe's checks (a model load) still run.
+        daemon_threads = True
+        block_on_close = False
+
+    return Server((host, port), Handler)

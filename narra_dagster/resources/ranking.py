@@ -133,6 +133,11 @@ class QueryTerms:
         prefixes = sorted({_prefix(k) for k in self.wanted}, key=len, reverse=True)
         self._any = re.compile(r"(?<![\w'])(?:" + "|".join(map(re.escape, prefixes)) + ")",
                                re.IGNORECASE) if self.wanted else None
+        # Content words of 5+ letters are also found inside a longer token: OCR often loses the
+        # spaces between words ("Thelighthousekeeper", "SALESREPORT").
+        self.long = sorted({t for t in content if len(t) >= 5}, key=len, reverse=True)
+        self._inside = re.compile("|".join(map(re.escape, self.long)),
+                                  re.IGNORECASE) if self.long else None
 
     def evidence(self, text_tokens: Sequence[str]) -> Evidence:
         """Coverage, phrase and best window of the query in ``text_tokens``.
@@ -142,14 +147,28 @@ class QueryTerms:
         """
         if not self.wanted or not text_tokens:
             return Evidence(0.0, 0.0, None)
-        return self._evidence([_key(t) for t in text_tokens])
+        return self._evidence(self._keys(text_tokens))
 
     def evidence_in(self, text: str) -> Evidence:
         """:meth:`evidence` of ``text``; a text with none of the query's words (most candidates
-        of the vector side) is dismissed by one regular-expression search, untokenized."""
-        if not self.wanted or not self._any.search(text):
+        of the vector side) is dismissed by regular-expression searches, untokenized."""
+        if not self.wanted or not (self._any.search(text)
+                                   or (self._inside and self._inside.search(text))):
             return Evidence(0.0, 0.0, None)
-        return self._evidence([_key(t) for t in tokens(text)])
+        return self._evidence(self._keys(tokens(text)))
+
+    def _keys(self, text_tokens: Sequence[str]) -> list[str]:
+        """Match keys of a text's tokens: the stem, or a long query word's stem when the token
+        holds that word glued to others."""
+        keys = [_key(t) for t in text_tokens]
+        if self.long:
+            wanted = set(self.wanted)
+            for j, token in enumerate(text_tokens):
+                if keys[j] not in wanted and len(token) > 5:
+                    inside = next((w for w in self.long if w in token), None)
+                    if inside is not None:
+                        keys[j] = _key(inside)
+        return keys
 
     def _evidence(self, keys: list[str]) -> Evidence:
         wanted = set(self.wanted)
