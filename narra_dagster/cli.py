@@ -482,6 +482,16 @@ def serve_health(
     server = make_server(HealthService(_instance(), _defs(), cache_s=cache, models=models,
                                          heartbeat_tolerance_s=heartbeat_tolerance), host, port)
     err.print(f"serving http://{host}:{server.server_address[1]}/health, /readiness, /metrics")
+    import signal
+
+    def stop(signum, _frame):
+        raise KeyboardInterrupt
+
+    # Stop on SIGTERM and SIGINT even when started with them ignored (a parent that ignores
+    # them passes that on: a CI job launched in the background did, and the probe server then
+    # outlived its test).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
