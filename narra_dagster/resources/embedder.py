@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import Field, PrivateAttr
 
 from narra_dagster.core.threads import allow_spinning, model_threads
-from narra_dagster.settings import model_cache_dir  # noqa: F401 - also imported from here
+from narra_dagster.settings import model_cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -258,14 +258,20 @@ class Scored:
     bm25: float
 
 
-def score_candidates(query: str, rows: Sequence[dict], weights: Weights = Weights()) -> list[Scored]:
+def score_candidates(query: str | QueryTerms, rows: Sequence[dict],
+                     weights: Weights = Weights()) -> list[Scored]:
     """Score the union of both sides' candidates, best first.
 
     Args:
+        query: the search text, or its :class:`QueryTerms` when the caller has them already.
         rows: dicts with ``text``, ``bm25`` (raw BM25 score, 0 when the text side did not
             return the row) and ``cosine`` (similarity to the query, [-1, 1]).
+
+    Returns:
+        :class:`Scored` per row, highest ``score`` first (a weighted sum, not bounded to [0, 1];
+        ``relevance`` is in [0, 1]).
     """
-    terms = QueryTerms(query)
+    terms = query if isinstance(query, QueryTerms) else QueryTerms(query)
     top_bm25 = max((r["bm25"] for r in rows), default=0.0) or 1.0
     out = []
     for row in rows:

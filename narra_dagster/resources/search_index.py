@@ -487,7 +487,7 @@ class LanceSearchIndex(SearchIndex):
                                depth=max(self.candidates_per_side, 2 * limit))
         hits: list[SearchHit] = []
         kept: list[dict] = []
-        for s in score_candidates(query, rows, self._weights()):
+        for s in score_candidates(terms, rows, self._weights()):
             if s.relevance < threshold:
                 continue
             row = s.row
@@ -525,10 +525,12 @@ class LanceSearchIndex(SearchIndex):
         vector = np.asarray(vector, dtype=np.float32)
         where = f"kind = '{kind}'" if kind else None
 
+        words = QueryTerms(query).tokens
+
         def text_side():
-            if not QueryTerms(query).tokens:
+            if not words:
                 return None
-            for text in (query, " ".join(QueryTerms(query).tokens)):
+            for text in (query, " ".join(words)):
                 q = (table.search(text, query_type="fts", fts_columns="text")
                      .select([*_COLUMNS, "_score"]))
                 if where:
