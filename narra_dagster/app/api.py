@@ -37,6 +37,14 @@ from typing import Annotated, Any
 from narra_dagster import settings
 
 API_PREFIX = "/api/v1"
+_CACHE_IMMUTABLE = {"Cache-Control": "private, max-age=86400"}
+SESSION_COOKIE = "narra_session"
+
+
+def dagster_ui_url() -> str:
+    """Where people open the Dagster UI, for links to an item's runs:
+    ``$NARRA_DAGSTER_UI_URL``, default ``http://127.0.0.1:3000`` (``narra dev``'s)."""
+    return os.environ.get("NARRA_DAGSTER_UI_URL", "http://127.0.0.1:3000").rstrip("/")
 
 
 def api_token() -> str | None:
@@ -90,7 +98,7 @@ class _Searcher:
     def __init__(self) -> None:
         self.ready = threading.Event()
         self.error: str | None = None
-        self.embedder = self.index = self.defs = self.instance = None
+        self.embedder = self.index = self.defs = self.instance = self.health = None
 
     def load(self) -> None:
         try:
@@ -136,7 +144,8 @@ def item_view(item: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
         "deleted_at": item.get("deleted_at"),
         "links": {"self": f"{API_PREFIX}/media/{key}",
                   "source": f"{API_PREFIX}/media/{key}/source" if state != "deleted" else None,
-                  "dagster_run": f"/runs/{run['run_id']}" if run.get("run_id") else None},
+                  "dagster_run": f"{dagster_ui_url()}/runs/{run['run_id']}" if run.get("run_id")
+                  else None},
     }
 
 
@@ -147,8 +156,9 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
     :func:`settings.server_file` can check it reached this server and not another program on
     the port."""
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
+    from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     searcher = _Searcher()
@@ -175,7 +185,8 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
-        codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+        codes = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+                 405: "method_not_allowed", 409: "conflict", 413: "too_large",
                  416: "range_not_satisfiable", 503: "not_ready"}
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         return error(exc.status_code, codes.get(exc.status_code, "http_error"), detail)
@@ -191,9 +202,30 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
             return
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
-                                                                 token.encode()):
+        if scheme.lower() != "bearer":  # the web app's cookie (POST /api/v1/session)
+            value = request.cookies.get(SESSION_COOKIE, "")
+        if not hmac.compare_digest(value.strip().encode(), token.encode()):
             raise HTTPException(401, "a valid 'Authorization: Bearer <token>' header is needed")
+
+    @app.post(f"{API_PREFIX}/session", tags=["access"])
+    async def session(request: Request):
+        """For the web app: trade the token (JSON ``{"token": ...}``) for an HttpOnly,
+        SameSite=Strict cookie that authorizes what a page loads itself (players, pictures, the
+        event stream). 401 for a wrong token; 204 when the server has none."""
+        from fastapi.responses import Response
+
+        if token is None:
+            return Response(status_code=204)
+        try:
+            given = str((await request.json()).get("token", ""))
+        except (ValueError, AttributeError):
+            given = ""
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return error(401, "unauthorized", "that token is not right")
+        response = Response(status_code=204)
+        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict",
+                            path="/api/", secure=request.url.scheme == "https")
+        return response
 
     def loaded() -> _Searcher:
         if not searcher.ready.wait(timeout=120):
@@ -318,8 +350,6 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         can seek."""
         import mimetypes
 
-        from fastapi.responses import FileResponse
-
         from narra_dagster.resources.media_store import SOURCE
 
         s = loaded()
@@ -329,6 +359,175 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
             raise HTTPException(404, f"item {media_id!r} has no stored source")
         media_type = mimetypes.guess_type(item["source_name"] or "")[0] or "application/octet-stream"
         return FileResponse(path, media_type=media_type)
+
+    @app.post(f"{API_PREFIX}/media", tags=["media"], status_code=202,
+              dependencies=[Depends(authorized)],
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "multipart/form-data": {"schema": {
+                      "type": "object", "required": ["file"],
+                      "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
+    async def upload_media(request: Request):
+        """Upload one file (multipart field ``file``). It is streamed to disk, its type sniffed
+        from its bytes (415 when narra cannot process it, 413 past the size limit), stored, and
+        its run asked of Dagster: 202 with the new item. The same bytes again answer the same
+        ``media_id`` with 200 and start no second run. The file name is metadata only."""
+        from starlette.concurrency import run_in_threadpool
+
+        from narra_dagster.app.uploads import UploadError, accept_upload, max_upload_bytes, receive_file
+        from narra_dagster.core.errors import BadInputError
+
+        s = loaded()
+        try:
+            path, name, _size = await receive_file(request, max_upload_bytes())
+        except UploadError as exc:
+            return error(exc.status, exc.code, str(exc))
+        try:
+            accepted = await run_in_threadpool(accept_upload, path, name, s.instance,
+                                               s.defs.resources)
+        except BadInputError as exc:
+            status = {"unsupported_type": 415, "too_large": 413}.get(exc.code, 422)
+            return error(status, exc.code, str(exc))
+        finally:
+            path.unlink(missing_ok=True)
+        upload = accepted.upload
+        item = await run_in_threadpool(one, s, upload.partition_key)
+        body = {"media_id": upload.partition_key, "kind": upload.kind,
+                "source_name": item["source_name"], "state": item["state"],
+                "new": accepted.new, "run_requested": accepted.run_requested,
+                "status_url": f"{API_PREFIX}/media/{upload.partition_key}",
+                "events_url": f"{API_PREFIX}/events?media_id={upload.partition_key}"}
+        return JSONResponse(body, status_code=202 if accepted.run_requested else 200,
+                            headers={"Location": body["status_url"]})
+
+    @app.post(f"{API_PREFIX}/media/{{media_id}}/retry", tags=["media"], status_code=202,
+              dependencies=[Depends(authorized)])
+    def retry_media(media_id: str):
+        """Run a failed item's whole chain again (a new Dagster run). 409 when the item is not
+        failed; a retry already asked for and not yet started is answered, not repeated."""
+        from narra_dagster.app.uploads import request_retry
+
+        s = loaded()
+        item = one(s, media_id)
+        if item["state"] != "failed":
+            return error(409, "not_failed", f"item {media_id!r} is {item['state']}, not failed: "
+                                             "there is nothing to retry")
+        request = request_retry(media_id, item["kind"], item["source_name"] or media_id,
+                                s.instance, s.defs.resources)
+        return JSONResponse({**one(s, media_id), "retry": request}, status_code=202)
+
+    @app.get(f"{API_PREFIX}/media/{{media_id}}/details", tags=["media"],
+             dependencies=[Depends(authorized)])
+    def media_details(media_id: str) -> dict[str, Any]:
+        """What the item's stages found, for its page: transcript segments, keyframes, labels,
+        OCR text, summary and keywords, near-duplicates, pages (whatever exists so far)."""
+        from narra_dagster.app.details import item_details
+
+        s = loaded()
+        item = one(s, media_id)
+        return {**item, **item_details(s.defs.resources["media_store"], media_id, item["kind"])}
+
+    @app.get(f"{API_PREFIX}/media/{{media_id}}/thumbnail", tags=["media"],
+             dependencies=[Depends(authorized)])
+    def media_thumbnail(media_id: str):
+        """A small picture of the item (WebP): an image's thumbnail, a video's first keyframe,
+        a PDF's first page. 404 when it has none (yet), e.g. audio."""
+        from narra_dagster.app.details import thumbnail
+
+        s = loaded()
+        item = one(s, media_id)
+        path = thumbnail(s.defs.resources["media_store"], media_id, item["kind"])
+        if path is None:
+            raise HTTPException(404, f"item {media_id!r} has no thumbnail")
+        return FileResponse(path, media_type="image/webp", headers=_CACHE_IMMUTABLE)
+
+    @app.get(f"{API_PREFIX}/media/{{media_id}}/pages/{{page}}", tags=["media"],
+             dependencies=[Depends(authorized)])
+    def media_page(media_id: str, page: Annotated[int, PathParam(ge=1)],
+                   width: Annotated[int, Query(ge=64, le=2000)] = 1000):
+        """Page ``page`` (1-based) of a PDF as a WebP picture ``width`` pixels wide (rendered once
+        by PDFium, then kept). 404 for another kind or a page it does not have."""
+        from narra_dagster.app.details import page_image
+        from narra_dagster.core.errors import BadInputError
+
+        s = loaded()
+        item = one(s, media_id)
+        if item["kind"] != "document":
+            raise HTTPException(404, f"item {media_id!r} is a {item['kind']}, it has no pages")
+        try:
+            path = page_image(s.defs.resources["media_store"], media_id, page, width)
+        except (BadInputError, ValueError) as exc:
+            raise HTTPException(404, str(exc)) from None
+        return FileResponse(path, media_type="image/webp", headers=_CACHE_IMMUTABLE)
+
+    @app.get(f"{API_PREFIX}/media/{{media_id}}/files/{{name}}", tags=["media"],
+             dependencies=[Depends(authorized)])
+    def media_file(media_id: str, name: str):
+        """A stored derivative the pages show: a keyframe (``frame_0003.webp``), its thumbnail
+        (``thumb_0003.webp``), an image's thumbnails (``thumb_small.webp``,
+        ``thumb_medium.webp``)."""
+        from narra_dagster.app.details import DERIVATIVE
+
+        s = loaded()
+        one(s, media_id)
+        store = s.defs.resources["media_store"]
+        if not DERIVATIVE.fullmatch(name) or not store.exists(media_id, name):
+            raise HTTPException(404, f"item {media_id!r} has no file {name!r}")
+        return FileResponse(store.local_path(media_id, name), media_type="image/webp",
+                            headers=_CACHE_IMMUTABLE)
+
+    @app.get(f"{API_PREFIX}/events", tags=["events"], dependencies=[Depends(authorized)])
+    async def events(
+        request: Request,
+        media_id: Annotated[str | None, Query(pattern="^[0-9a-f]{16}$")] = None,
+        after: Annotated[str | None, Query(description="Resume after this event id (as the "
+                                                       "Last-Event-ID header).")] = None,
+    ):
+        """The domain events (``upload.received``, ``analysis.started``,
+        ``<stage>.completed``/``failed``, ``analysis.completed``/``failed``,
+        ``analysis.deleted``...) as server-sent events, each with an ``id:``. A client that
+        reconnects with ``Last-Event-ID`` (or ``?after=``) gets what it missed; ``0`` replays
+        from the start. Without either, a stream for one ``media_id`` starts with that item's
+        history, a stream of everything with what happens next."""
+        from narra_dagster.app.streams import event_stream
+
+        s = loaded()
+        sink = s.defs.resources["event_sink"]
+        position = request.headers.get("last-event-id") or after
+        if position is None:
+            position = "0" if media_id else sink.end_position()
+        try:
+            sink.read_after(position, limit=1)
+        except ValueError as exc:
+            return error(400, "bad_event_id", str(exc))
+        return StreamingResponse(event_stream(request, sink, position, media_id),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get(f"{API_PREFIX}/events/position", tags=["events"],
+             dependencies=[Depends(authorized)])
+    def events_position() -> dict[str, str]:
+        """The id of the newest event: a stream opened with ``?after=`` it sees only what
+        happens next."""
+        return {"position": loaded().defs.resources["event_sink"].end_position()}
+
+    @app.get("/metrics", tags=["health"])
+    def metrics():
+        """Prometheus metrics: the health checks (instance, storage, daemon heartbeats, sensors)
+        and Dagster's runs by status; the report is cached for 10 s."""
+        from fastapi.responses import Response
+
+        from narra_dagster.app.health import prometheus_text, run_metrics
+        from narra_dagster.app.health_server import HealthService
+
+        s = loaded()
+        if s.health is None:
+            s.health = HealthService(s.instance, s.defs, models=False)
+        return Response(prometheus_text(s.health.report(), run_metrics(s.instance)),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    from narra_dagster.app.web import mount_web
+
+    mount_web(app)
 
     return app
 
@@ -372,4 +571,6 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, insecure: bool = False,
             await super().shutdown(sockets)
 
     app = create_app(token=token, server_id=server_id)
-    Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True)).run()
+    # open event streams end within 3 s of SIGTERM instead of holding the shutdown
+    Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True,
+                          timeout_graceful_shutdown=3)).run()

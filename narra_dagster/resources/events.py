@@ -30,6 +30,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,20 @@ class EventSink(dg.ConfigurableResource, ABC):
     @abstractmethod
     def read(self) -> list[dict[str, Any]]:
         """Every event held, oldest first (for tests and small tools)."""
+
+    @abstractmethod
+    def read_after(self, position: str, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
+        """Events after ``position``, oldest first, each with its own position: an opaque,
+        increasing string a reader resumes from (the SSE ``id``). ``"0"`` is before the first
+        event.
+
+        Raises:
+            ValueError: for a position this sink never gave.
+        """
+
+    @abstractmethod
+    def end_position(self) -> str:
+        """The position after the newest event (a reader starting there sees only new ones)."""
 
     @abstractmethod
     def probe(self) -> str:
@@ -115,6 +130,34 @@ class JsonlEventSink(EventSink):
                     fh.flush()
                     os.fsync(fh.fileno())
         return len(new)
+
+    def read_after(self, position: str, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
+        """Positions are byte offsets of the end of each event's line."""
+        if not position.isdigit():
+            raise ValueError(f"not a position of this event file: {position!r}")
+        out: list[tuple[str, dict[str, Any]]] = []
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return out
+        with fh:
+            offset = int(position)
+            fh.seek(offset)
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break  # being written: read it whole next time
+                offset += len(line)
+                with contextlib.suppress(ValueError):
+                    out.append((str(offset), json.loads(line)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def end_position(self) -> str:
+        try:
+            return str(os.path.getsize(self.path))
+        except FileNotFoundError:
+            return "0"
 
     def read(self) -> list[dict[str, Any]]:
         path = Path(self.path)
@@ -181,6 +224,18 @@ class RedisStreamEventSink(EventSink):
 
     def read(self) -> list[dict[str, Any]]:
         return [json.loads(fields[b"event"]) for _id, fields in self.client.xrange(self.stream)]
+
+    def read_after(self, position: str, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
+        """Positions are stream entry ids (``<ms>-<seq>``)."""
+        if position != "0" and not re.fullmatch(r"\d+-\d+", position):
+            raise ValueError(f"not an entry id of stream {self.stream}: {position!r}")
+        start = "-" if position == "0" else f"({position}"
+        return [(entry_id.decode(), json.loads(fields[b"event"]))
+                for entry_id, fields in self.client.xrange(self.stream, min=start, count=limit)]
+
+    def end_position(self) -> str:
+        last = self.client.xrevrange(self.stream, count=1)
+        return last[0][0].decode() if last else "0"
 
 
 def event_sink_from_env() -> EventSink:

@@ -1,0 +1,251 @@
+"""Uploads through the HTTP API: streamed to disk, taken in by the intake the inbox uses, run
+by Dagster; and retries of failed items.
+
+Nothing here processes media. :func:`receive_file` streams a ``multipart/form-data`` body to a
+file under ``$NARRA_HOME/uploads/`` chunk by chunk (python-multipart's push parser; memory does
+not grow with the file), stopping at the size limit. :func:`accept_upload` hands the file to
+:func:`narra_dagster.defs.intake.uploads.store_upload` (type sniffed from the bytes, content
+hashed into the media id, copied into the media store, names recorded), adds the item's
+partition and asks for its run (:func:`narra_dagster.defs.intake.requests.request_run`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import re
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from narra_dagster import registry, settings
+from narra_dagster.defs.intake.requests import pending_request, request_run, run_request_for
+from narra_dagster.defs.intake.uploads import MAX_UPLOAD_BYTES, Upload, store_upload
+from narra_dagster.resources.events import make_event
+from narra_dagster.resources.media_store import MediaStore
+
+DEFAULT_MAX_BYTES = 5 * 1024**3
+"""Default upload limit of the API (5 GiB): a two-hour 1080p recording fits; set
+``NARRA_MAX_UPLOAD_BYTES`` for another (at most the intake's own 20 GiB)."""
+
+RECEIVED = "upload.received"
+RETRY_REQUESTED = "analysis.retry_requested"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_intake_lock = threading.Lock()
+log = logging.getLogger("narra.api")
+
+
+class UploadError(Exception):
+    """An upload refused before it became an item: ``status`` is the HTTP status (400, 413,
+    415), ``code`` the error class shown to the client."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def max_upload_bytes() -> int:
+    """The API's upload limit in bytes: ``$NARRA_MAX_UPLOAD_BYTES`` or :data:`DEFAULT_MAX_BYTES`.
+
+    Raises:
+        ValueError: when the variable is not a positive integer or exceeds the intake's 20 GiB.
+    """
+    raw = os.environ.get("NARRA_MAX_UPLOAD_BYTES")
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"NARRA_MAX_UPLOAD_BYTES={raw!r} is not a whole number of bytes") from None
+    if not 0 < value <= MAX_UPLOAD_BYTES:
+        raise ValueError(f"NARRA_MAX_UPLOAD_BYTES={raw} must be between 1 and {MAX_UPLOAD_BYTES}")
+    return value
+
+
+def clean_name(raw: bytes | str | None) -> str:
+    """An upload's file name as metadata: decoded (UTF-8, else Latin-1), only its last path
+    component (a browser may send ``C:\\fakepath\\x.mp4``), control characters removed, at most
+    255 characters; ``upload`` when nothing is left. Never used as a path."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raw = raw.decode("latin-1")
+    name = re.split(r"[/\\]", raw or "")[-1]
+    name = _CONTROL.sub("", name).strip()[:255]
+    return name if name not in ("", ".", "..") else "upload"
+
+
+async def receive_file(request, limit: int, folder: Path | None = None) -> tuple[Path, str, int]:
+    """Stream the ``file`` field of a ``multipart/form-data`` request to a new file.
+
+    Args:
+        request: a Starlette ``Request``.
+        limit: the most bytes the file may have.
+        folder: where to write it; default ``$NARRA_HOME/uploads``.
+
+    Returns:
+        (the written file, its name as sent, cleaned by :func:`clean_name`, its size in bytes).
+        The caller removes the file.
+
+    Raises:
+        UploadError: 415 ``not_multipart`` for another content type; 413 ``too_large`` when the
+            declared length or the bytes received pass ``limit`` (the partial file is removed);
+            400 ``no_file`` when there is no ``file`` field.
+    """
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    mime, params = parse_options_header(request.headers.get("content-type", ""))
+    if mime != b"multipart/form-data" or not params.get(b"boundary"):
+        raise UploadError(415, "not_multipart",
+                          "send the file as multipart/form-data in a field named 'file'")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise UploadError(413, "too_large", f"the upload is {int(declared)} bytes, over the "
+                                            f"limit of {limit} bytes (NARRA_MAX_UPLOAD_BYTES)")
+    folder = folder or settings.uploads_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{secrets.token_hex(8)}.part"
+    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "fh": None,
+                             "name": None, "size": 0, "done": False}
+
+    def on_part_begin():
+        state["headers"] = {}
+
+    def on_header_field(data, start, end):
+        state["field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        state["value"] += data[start:end]
+
+    def on_header_end():
+        state["headers"][state["field"].lower()] = state["value"]
+        state["field"] = state["value"] = b""
+
+    def on_headers_finished():
+        _, disposition = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        if disposition.get(b"name") == b"file" and not state["done"] and state["fh"] is None:
+            state["name"] = clean_name(disposition.get(b"filename"))
+            state["fh"] = open(path, "wb")
+
+    def on_part_data(data, start, end):
+        fh = state["fh"]
+        if fh is None:
+            return
+        state["size"] += end - start
+        if state["size"] > limit:
+            raise UploadError(413, "too_large", f"the file passed the limit of {limit} bytes "
+                                                "(NARRA_MAX_UPLOAD_BYTES)")
+        fh.write(data[start:end])
+
+    def on_part_end():
+        if state["fh"] is not None:
+            state["fh"].close()
+            state["fh"], state["done"] = None, True
+
+    parser = MultipartParser(params[b"boundary"], {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+        "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
+        "on_part_end": on_part_end})
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except BaseException:
+        if state["fh"] is not None:
+            state["fh"].close()
+        path.unlink(missing_ok=True)
+        raise
+    if not state["done"]:
+        path.unlink(missing_ok=True)
+        raise UploadError(400, "no_file", "the request has no complete multipart field 'file'")
+    return path, state["name"], state["size"]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """An upload taken in: ``new`` when its bytes were not an item yet (or had been deleted);
+    ``run_requested`` when a run was asked for (new, or a name that now fits its bytes)."""
+
+    upload: Upload
+    new: bool
+    run_requested: bool
+
+
+def accept_upload(path: Path, source_name: str, instance: dg.DagsterInstance,
+                  resources: dict[str, Any]) -> Accepted:
+    """Take one received file in, as the inbox sensor would, and ask for its run.
+
+    The same bytes again are the same item: no copy, no partition, no run (only their new name
+    is recorded), except when the item failed only because its earlier names claimed another
+    type and this name fits (run again, as the inbox does).
+
+    Raises:
+        BadInputError: ``empty_file``, ``unsupported_type``, ``too_large`` (from
+            :func:`store_upload`); nothing is kept.
+        OSError: when the store or the request folder cannot be written.
+    """
+    media_store: MediaStore = resources["media_store"]
+    with _intake_lock:  # the same bytes twice at once: one partition, one run request
+        upload = store_upload(path, media_store, source_name=source_name,
+                              ingested_by="narra serve")
+        kind = registry.get(upload.kind)
+        exists = instance.has_dynamic_partition(kind.partitions.name, upload.partition_key)
+        reason = None
+        if exists and not upload.renamed_to_fit:
+            return Accepted(upload, new=False, run_requested=False)
+        if exists:
+            reason = f"renamed-{secrets.token_hex(4)}"
+        else:
+            instance.add_dynamic_partitions(kind.partitions.name, [upload.partition_key])
+            if upload.restored_after:
+                reason = f"restored-{upload.restored_after}"
+        request_run(upload.partition_key, kind.name, upload.source_name, reason=reason)
+    _publish(resources, RECEIVED, upload.partition_key, kind.name, upload.source_name,
+             {"size_bytes": upload.size_bytes, "reason": reason})
+    return Accepted(upload, new=not exists, run_requested=True)
+
+
+def request_retry(media_id: str, kind: str, source_name: str, instance: dg.DagsterInstance,
+                  resources: dict[str, Any]) -> dict[str, Any]:
+    """Ask for a new run of a failed item's whole chain (the caller checks it failed). A retry
+    already waiting for the sensor is answered, not asked twice.
+
+    Returns:
+        The pending request record (``media_id``, ``kind``, ``reason``, ``requested_at``).
+    """
+    waiting = pending_request(media_id)
+    # A retry whose run does not exist yet is answered as it is. A request whose run exists
+    # (the sensor took it and removes the file on its next tick) is replaced.
+    if waiting is not None and str(waiting.get("reason") or "").startswith("retry-"):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            run_key = run_request_for(waiting)[0].run_key
+            if not instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1):
+                return waiting
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    request_run(media_id, kind, source_name, reason=f"retry-{stamp}")
+    _publish(resources, RETRY_REQUESTED, media_id, kind, source_name, {"reason": stamp})
+    return pending_request(media_id) or {}
+
+
+def _publish(resources: dict[str, Any], event_type: str, media_id: str, kind: str,
+             source_name: str, metadata: dict[str, Any]) -> None:
+    sink = resources.get("event_sink")
+    if sink is None:
+        return
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    try:
+        sink.publish([make_event(event_type, run_id=f"api-{media_id}-{now}", media_id=media_id,
+                                 kind=kind, occurred_at=now, source_name=source_name,
+                                 metadata=metadata)])
+    except Exception as exc:  # noqa: BLE001 - an event sink being down must not lose the upload
+        log.warning("could not publish %s for %s: %s: %s", event_type, media_id,
+                    type(exc).__name__, exc)

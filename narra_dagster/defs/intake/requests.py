@@ -1,0 +1,156 @@
+"""Runs asked for by the HTTP API: an upload to process, a failed item to retry.
+
+The API process stores an upload through the same intake as the inbox sensor
+(:func:`narra_dagster.defs.intake.uploads.store_upload`) and adds its partition at once, so the
+item is listed (``queued``) from the moment its upload ends. It never runs anything itself:
+:func:`request_run` writes one small JSON file per item under ``$NARRA_HOME/requests/``, and
+the ``run_request_sensor`` turns each file into a ``RunRequest`` of the item's per-item job on
+its next tick (every second). Its run is then an ordinary queued Dagster run: in the UI, under
+the run coordinator's limits and pools, retried by run retries, seen by the domain events
+sensor.
+
+Why a file and not a run launched from the API: launching needs the code location's job
+snapshot, which Dagster's public API offers only to sensors, schedules, the UI and its GraphQL.
+A sensor also gives the idempotence for free: each request's ``run_key`` (``<kind>:<key>:v<n>``,
+plus the request's ``reason`` for a retry) starts at most one run, however often the file is
+read.
+
+One tick: files taken by the previous tick (listed in the cursor with their modification time)
+are removed, now that Dagster has committed that tick's runs together with its cursor; a file
+rewritten since (a new retry of the same item) stays for this tick. Then every request file,
+oldest first, up to :data:`MAX_PER_TICK`, becomes a run request; an unreadable one is moved
+aside to ``requests/.rejected/`` with the reason logged, never retried forever.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from narra_dagster import registry, settings
+from narra_dagster.core.kind import printable
+from narra_dagster.core.media import is_partition_key
+
+MAX_PER_TICK = 200
+
+
+def request_run(media_id: str, kind: str, source_name: str, *, reason: str | None = None,
+                folder: Path | None = None) -> Path:
+    """Ask the ``run_request_sensor`` to run one item's per-item job.
+
+    Args:
+        media_id: the partition key (16 hex digits); its partition must exist.
+        kind: ``video``, ``image`` or ``document``.
+        source_name: the name shown in the run's tags (metadata only).
+        reason: None for an item's first run; for any later run a word naming why
+            (``retry-<n>``, ``renamed-...``, ``restored-...``), which becomes part of the run key
+            so the run happens once per reason.
+        folder: default ``$NARRA_HOME/requests``.
+
+    Returns:
+        The request file, written atomically (a temporary file renamed into place). One file per
+        item: a second request before the sensor took the first replaces it.
+
+    Raises:
+        ValueError: for a malformed media id or an unknown kind.
+        OSError: when the file cannot be written.
+    """
+    if not is_partition_key(media_id):
+        raise ValueError(f"not a media id: {media_id!r}")
+    registry.get(kind)
+    folder = folder or settings.requests_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"media_id": media_id, "kind": registry.get(kind).name, "source_name": source_name,
+              "reason": reason,
+              "requested_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")}
+    path = folder / f"{media_id}.json"
+    tmp = folder / f".{media_id}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+    return path
+
+
+def pending_request(media_id: str, folder: Path | None = None) -> dict[str, Any] | None:
+    """The request for ``media_id`` the sensor has not yet turned into a run, or None."""
+    path = (folder or settings.requests_dir()) / f"{media_id}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_request_for(request: dict[str, Any]) -> tuple[dg.RunRequest, registry.MediaKind]:
+    """The ``RunRequest`` of one request record (see :func:`request_run`).
+
+    Raises:
+        ValueError: for a record without a valid media id, or with an unknown kind.
+        KeyError: for a record missing a field.
+    """
+    key = request["media_id"]
+    if not is_partition_key(key):
+        raise ValueError(f"not a media id: {key!r}")
+    kind = registry.get(request["kind"])
+    run_key = kind.run_key(key) + (f":{request['reason']}" if request.get("reason") else "")
+    name = printable(request.get("source_name") or "")[:63] or "-"
+    return dg.RunRequest(run_key=run_key, job_name=kind.job_name, partition_key=key,
+                         tags={"narra/source_name": name, "narra/kind": kind.name,
+                               "narra/launched_by": "narra serve"}), kind
+
+
+@dg.sensor(
+    name="run_request_sensor",
+    jobs=[kind.job for kind in registry.KINDS],
+    minimum_interval_seconds=1,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Starts the runs the HTTP API asked for (uploads, retries): one run per request "
+                "file in $NARRA_HOME/requests, under an idempotent run key.",
+)
+def run_request_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    folder = settings.requests_dir()
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    for name, mtime_ns in cursor.get("taken", {}).items():
+        path = folder / name
+        try:
+            if path.stat().st_mtime_ns == mtime_ns:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+    try:
+        files = sorted((p for p in folder.glob("*.json")), key=lambda p: p.stat().st_mtime_ns)
+    except FileNotFoundError:
+        files = []
+    taken: dict[str, int] = {}
+    run_requests: list[dg.RunRequest] = []
+    adds: dict[str, list[str]] = {}
+    for path in files[:MAX_PER_TICK]:
+        try:
+            mtime_ns = path.stat().st_mtime_ns
+            request, kind = run_request_for(json.loads(path.read_text()))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            rejected = folder / ".rejected"
+            rejected.mkdir(exist_ok=True)
+            path.replace(rejected / path.name)
+            context.log.warning(f"moved unreadable run request {path.name} aside: "
+                                f"{type(exc).__name__}: {exc}")
+            continue
+        if not context.instance.has_dynamic_partition(kind.partitions.name, request.partition_key):
+            adds.setdefault(kind.name, []).append(request.partition_key)
+        run_requests.append(request)
+        taken[path.name] = mtime_ns
+    summary = f"{len(run_requests)} run requests taken, {max(0, len(files) - MAX_PER_TICK)} waiting"
+    if run_requests:
+        context.log.info(summary)
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=[registry.get(k).partitions.build_add_request(keys)
+                                     for k, keys in adds.items()],
+        cursor=json.dumps({"taken": taken}, sort_keys=True),
+        skip_reason=None if run_requests else dg.SkipReason("no run requests"),
+    )
