@@ -191,7 +191,7 @@ def test_items_are_listed_followed_served_with_ranges_and_deleted(home, tmp_path
         assert status == 200 and item["state"] == "searchable" and item["kind"] == "video"
         assert item["source_name"] == "keeper.m4a" and item["size_bytes"] == speech.stat().st_size
         assert item["stages"] and all(st["materialized_at"] for st in item["stages"])
-        assert item["error_class"] is None and item["links"]["dagster_run"].startswith("/runs/")
+        assert item["error_class"] is None and item["links"]["dagster_run"].startswith("http://127.0.0.1:3000/runs/")
         for missing in ("0123456789abcdef", "not-a-key"):
             status, body = _get(f"{api}/{missing}", token=TOKEN)
             assert status == 404 and body["error"]["code"] == "not_found"
