@@ -1,27 +1,37 @@
-"""The HTTP API: ``narra serve [--host 127.0.0.1] [--port 8080]``.
+"""The HTTP API and the web app: ``narra serve [--host 127.0.0.1] [--port 8080]``.
 
 A FastAPI app on uvicorn, on the same application layer as the ``narra`` command. It holds the
 text embedder and the search index open, so a query costs tens of milliseconds instead of a
 process start, imports and a model load; ``narra search`` asks it when it runs (it finds it by
 ``$NARRA_HOME/serve.json``, :func:`narra_dagster.settings.server_file`). No media is processed in
-this process: processing stays in Dagster runs.
+this process: uploads are stored and their runs asked of Dagster (:mod:`narra_dagster.app.uploads`,
+the ``run_request_sensor``); processing stays in Dagster runs.
 
 Routes (OpenAPI docs at ``/api/docs``; errors are JSON ``{"error": {"code", "message"}}``):
 
+- ``POST /api/v1/media`` (multipart field ``file``): 202 with the new item, 200 for bytes
+  already uploaded, 413/415/422 refused (:mod:`narra_dagster.app.uploads`);
 - ``GET /api/v1/search?q=&kind=&limit=&min_relevance=``: ``{"query", "hits", "no_good_match"}``,
   the hits with the fields of ``narra search --json``;
 - ``GET /api/v1/media?state=&kind=&cursor=&limit=``: items, newest first, paged
   (``{"items", "next_cursor", "total"}``); ``GET /api/v1/media/{media_id}``: one item
-  (:func:`item_view`; 404 for an unknown or deleted id); ``DELETE /api/v1/media/{media_id}``:
-  removes it completely, as ``narra delete`` (answers the item, ``state`` ``deleted``); ``GET /api/v1/media/{media_id}/source``: the uploaded file,
-  with HTTP Range (206) so players can seek;
-- ``GET /healthz``: liveness, ``{"status": "ok"}``; ``GET /readyz``: 200 once the model and the
-  index are loaded.
+  (:func:`item_view`; 404 for an unknown or deleted id); ``.../details``: with what its stages
+  found (:mod:`narra_dagster.app.details`); ``POST .../retry``: a failed item's chain run again
+  (409 when it is not failed); ``DELETE``: removed completely, as ``narra delete``;
+  ``.../source``: the uploaded file, with HTTP Range (206) so players can seek;
+  ``.../thumbnail``, ``.../pages/{n}`` (a PDF page as WebP), ``.../files/{name}`` (keyframes and
+  thumbnails);
+- ``GET /api/v1/events?media_id=``: the domain events as server-sent events, resumable with
+  ``Last-Event-ID`` (:mod:`narra_dagster.app.streams`);
+- ``GET /healthz``: liveness; ``GET /readyz``: 200 once the model and the index are loaded;
+  ``GET /metrics``: Prometheus text (the health checks and runs by status);
+- ``/`` and ``/items/{media_id}``: the web app (:mod:`narra_dagster.app.web`).
 
 Access: bound to 127.0.0.1 by default. With ``NARRA_API_TOKEN`` set (or ``NARRA_API_TOKEN_FILE``
-naming a file holding it), every ``/api`` route needs ``Authorization: Bearer <token>`` (401
-otherwise; compared in constant time with :func:`hmac.compare_digest`; never logged).
-:func:`check_bind` refuses a non-loopback address without a token unless ``insecure``.
+naming a file holding it), every ``/api`` route needs ``Authorization: Bearer <token>`` or the
+web app's session cookie (401 otherwise; compared in constant time with
+:func:`hmac.compare_digest`; never logged). :func:`check_bind` refuses a non-loopback address
+without a token unless ``insecure``.
 """
 
 import hmac
@@ -39,6 +49,9 @@ from narra_dagster import settings
 API_PREFIX = "/api/v1"
 _CACHE_IMMUTABLE = {"Cache-Control": "private, max-age=86400"}
 SESSION_COOKIE = "narra_session"
+OVERVIEW = ("language", "duration_s", "has_video", "pages", "width", "height", "summary",
+            "keywords")
+"""What ``GET /api/v1/media/{id}`` adds from the item's findings (``.../details`` has them all)."""
 
 
 def dagster_ui_url() -> str:
@@ -324,8 +337,15 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
     @app.get(f"{API_PREFIX}/media/{{media_id}}", tags=["media"],
              dependencies=[Depends(authorized)])
     def get_media(media_id: str) -> dict[str, Any]:
-        """One item: its state, each stage's last materialization, its error if it failed."""
-        return one(loaded(), media_id)
+        """One item: its state, each stage's last materialization, its error if it failed, and
+        what describes it once found: language, duration (seconds), pages, size in pixels,
+        summary and keywords."""
+        from narra_dagster.app.details import item_details
+
+        s = loaded()
+        item = one(s, media_id)
+        found = item_details(s.defs.resources["media_store"], media_id, item["kind"])
+        return {**item, **{k: found[k] for k in OVERVIEW if k in found}}
 
     @app.delete(f"{API_PREFIX}/media/{{media_id}}", tags=["media"],
                 dependencies=[Depends(authorized)])

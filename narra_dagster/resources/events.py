@@ -8,7 +8,8 @@ Per partition (one uploaded file) a client sees, in order::
     analysis.completed  or  analysis.failed (``error``, ``error_class``)
 
 and ``analysis.retrying`` when Dagster's run retries start the item again after a crash (the
-crashed attempt publishes no ``analysis.failed``: it is not final). Each event is a flat JSON
+crashed attempt publishes no ``analysis.failed``: it is not final). The HTTP API adds
+``upload.received`` (before ``analysis.started``) and ``analysis.retry_requested``. Each event is a flat JSON
 object::
 
     {"id": "<32 hex>", "type": "video_transcript.completed", "media_id": "<partition key>",
