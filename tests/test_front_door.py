@@ -7,8 +7,10 @@ Dagster runs the daemon launches from the ``run_request_sensor``, never inside t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -190,6 +192,18 @@ def test_refusals_401_404_413_415_and_a_hostile_name(front_door, tmp_path):
                                 headers={"Content-Type": "application/octet-stream"})
     assert not_form.status_code == 415
     assert not list((door.home / "uploads").glob("*.part"))  # nothing half-received is left
+
+    # Just under the limit: received in several pieces, stored byte for byte.
+    quiet = tmp_path / "quiet.wav"
+    size = LIMIT - 200_000
+    quiet.write_bytes(b"RIFF" + struct.pack("<I", size - 8) + b"WAVEfmt "
+                      + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) + b"data"
+                      + struct.pack("<I", size - 44) + bytes(size - 44))
+    accepted = door.upload(quiet)
+    assert accepted.status_code == 202, accepted.text
+    stored = door.home / "media" / accepted.json()["media_id"] / "source"
+    assert hashlib.sha256(stored.read_bytes()).digest() == hashlib.sha256(quiet.read_bytes()).digest()
+    door.wait_state(accepted.json()["media_id"], {"searchable", "failed"})
     assert door.client.get("/api/v1/media/0123456789abcdef").status_code == 404
     assert door.client.get("/api/v1/media/not-an-id").status_code == 404
 
@@ -332,6 +346,26 @@ def test_web_pdf_hit_shows_its_page_and_a_bad_file_its_error(page, front_door, t
         '/api/v1/search?q=magic+number+detection')).json()).hits[0]""")
     assert image.get_attribute("src").endswith(f"/pages/{hit['page']}?width=1000")
     assert page.locator(".page-text mark").count() >= 1
+
+    # A picture with words in it: the hit shows the picture with a box around them.
+    from PIL import Image, ImageDraw, ImageFont
+
+    sign = tmp_path / "sign.png"
+    image = Image.new("RGB", (800, 400), "white")
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf", 56)
+    ImageDraw.Draw(image).text((60, 170), "Harbour ferry timetable", fill="black", font=font)
+    image.save(sign)
+    front_door.wait_state(front_door.upload(sign).json()["media_id"], {"searchable"})
+    page.goto(front_door.url + "/?q=harbour+ferry+timetable")
+    page.locator("[data-testid=hit]").first.click()
+    box = page.locator("[data-testid=box]")
+    box.wait_for()
+    drawn = box.bounding_box()
+    shown = page.locator("[data-testid=picture]").bounding_box()
+    # the words span x 60..~700 of 800 px, y 170..~235 of 400 px: the box sits there on screen
+    assert 0.03 < (drawn["x"] - shown["x"]) / shown["width"] < 0.12
+    assert 0.35 < (drawn["y"] - shown["y"]) / shown["height"] < 0.5
+    assert 0.6 < drawn["width"] / shown["width"] < 0.95
 
     # A video cut off after 5,000 bytes: taken (it starts like an MP4), then its run fails,
     # and the page shows the classified error the event stream brought.

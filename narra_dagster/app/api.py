@@ -52,6 +52,18 @@ SESSION_COOKIE = "narra_session"
 OVERVIEW = ("language", "duration_s", "has_video", "pages", "width", "height", "summary",
             "keywords")
 """What ``GET /api/v1/media/{id}`` adds from the item's findings (``.../details`` has them all)."""
+WAITING_NOTE_S = 30.0
+"""A run request older than this (seconds) that no run has taken up gets a ``note`` on the item:
+the daemon, which starts runs, is probably not running."""
+
+
+def _epoch(iso: str | None) -> float:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(iso or "").timestamp()
+    except ValueError:
+        return time.time()
 
 
 def dagster_ui_url() -> str:
@@ -178,6 +190,9 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
 
     @asynccontextmanager
     async def lifespan(app):
+        from narra_dagster.app.uploads import remove_stale_parts
+
+        remove_stale_parts()
         threading.Thread(target=searcher.load, name="narra-api-load", daemon=True).start()
         yield
 
@@ -345,7 +360,15 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         s = loaded()
         item = one(s, media_id)
         found = item_details(s.defs.resources["media_store"], media_id, item["kind"])
-        return {**item, **{k: found[k] for k in OVERVIEW if k in found}}
+        item = {**item, **{k: found[k] for k in OVERVIEW if k in found}}
+        if item["state"] == "queued" and item["last_run"] is None:
+            from narra_dagster.defs.intake.requests import pending_request
+
+            waiting = pending_request(media_id)
+            if waiting and time.time() - _epoch(waiting.get("requested_at")) > WAITING_NOTE_S:
+                item["note"] = ("its run has not been started yet: is the Dagster daemon running "
+                                "(`narra dev`, or `dagster-daemon run`)?")
+        return item
 
     @app.delete(f"{API_PREFIX}/media/{{media_id}}", tags=["media"],
                 dependencies=[Depends(authorized)])
@@ -442,9 +465,9 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         OCR text, summary and keywords, near-duplicates, pages (whatever exists so far)."""
         from narra_dagster.app.details import item_details
 
-        s = loaded()
-        item = one(s, media_id)
-        return {**item, **item_details(s.defs.resources["media_store"], media_id, item["kind"])}
+        item = get_media(media_id)
+        return {**item, **item_details(loaded().defs.resources["media_store"], media_id,
+                                       item["kind"])}
 
     @app.get(f"{API_PREFIX}/media/{{media_id}}/thumbnail", tags=["media"],
              dependencies=[Depends(authorized)])

@@ -38,7 +38,8 @@ def _files(key: str, name: str) -> str:
 def item_details(store: MediaStore, key: str, kind: str) -> dict[str, Any]:
     """The item's findings as JSON-ready lists, each present once its stage has run.
 
-    video (and audio): ``duration_s`` (seconds), ``language``, ``transcript`` (segments
+    video (and audio): ``duration_s`` (seconds), ``has_video``, ``video_width``/``video_height``
+    (pixels: frame boxes are in these), ``language``, ``transcript`` (segments
     ``{start_s, end_s, text}``), ``keyframes`` (``{index, time_s, thumb, frame}`` with URLs,
     ``labels``, ``text`` read on the frame), ``summary`` (``{locator: seconds, text}``),
     ``keywords``; image: ``width``/``height`` (pixels), ``labels`` (``{name, score}``), ``ocr``
@@ -58,6 +59,7 @@ def item_details(store: MediaStore, key: str, kind: str) -> dict[str, Any]:
             out["transcript"] = [{"start_s": s["start_s"], "end_s": s["end_s"], "text": s["text"]}
                                  for s in transcript.get("segments", [])[:MAX_SEGMENTS]]
         keyframes = _read(store, key, "keyframes.json") or {}
+        out["video_width"], out["video_height"] = keyframes.get("width"), keyframes.get("height")
         texts = {f["index"]: f.get("lines", []) for f in _read(store, key, "frame_text.json") or []}
         labels = {f["index"]: f.get("labels", []) for f in _read(store, key, "frame_labels.json") or []}
         out["keyframes"] = [{

@@ -34,6 +34,11 @@ DEFAULT_MAX_BYTES = 5 * 1024**3
 """Default upload limit of the API (5 GiB): a two-hour 1080p recording fits; set
 ``NARRA_MAX_UPLOAD_BYTES`` for another (at most the intake's own 20 GiB)."""
 
+WRITE_BYTES = 1024 * 1024
+"""An upload is written to disk in pieces of about this many bytes, each by a worker thread."""
+STALE_PART_S = 3600.0
+"""A partial upload older than this (seconds) belongs to a server that died: removed at start."""
+
 RECEIVED = "upload.received"
 RETRY_REQUESTED = "analysis.retry_requested"
 
@@ -101,6 +106,7 @@ async def receive_file(request, limit: int, folder: Path | None = None) -> tuple
             400 ``no_file`` when there is no ``file`` field.
     """
     from python_multipart.multipart import MultipartParser, parse_options_header
+    from starlette.concurrency import run_in_threadpool
 
     mime, params = parse_options_header(request.headers.get("content-type", ""))
     if mime != b"multipart/form-data" or not params.get(b"boundary"):
@@ -135,30 +141,42 @@ async def receive_file(request, limit: int, folder: Path | None = None) -> tuple
             state["name"] = clean_name(disposition.get(b"filename"))
             state["fh"] = open(path, "wb")
 
+    pending = bytearray()  # written to disk by a worker thread once it holds WRITE_BYTES
+
     def on_part_data(data, start, end):
-        fh = state["fh"]
-        if fh is None:
+        if state["fh"] is None:
             return
         state["size"] += end - start
         if state["size"] > limit:
             raise UploadError(413, "too_large", f"the file passed the limit of {limit} bytes "
                                                 "(NARRA_MAX_UPLOAD_BYTES)")
-        fh.write(data[start:end])
+        pending.extend(data[start:end])
 
     def on_part_end():
         if state["fh"] is not None:
-            state["fh"].close()
-            state["fh"], state["done"] = None, True
+            state["closing"] = True
 
     parser = MultipartParser(params[b"boundary"], {
         "on_part_begin": on_part_begin, "on_header_field": on_header_field,
         "on_header_value": on_header_value, "on_header_end": on_header_end,
         "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
         "on_part_end": on_part_end})
+    async def flush(final: bool = False) -> None:
+        fh = state["fh"]
+        if fh is not None and (len(pending) >= WRITE_BYTES or final or state.get("closing")):
+            data = bytes(pending)
+            pending.clear()
+            await run_in_threadpool(fh.write, data)  # the event loop keeps serving meanwhile
+            if state.pop("closing", False):
+                fh.close()
+                state["fh"], state["done"] = None, True
+
     try:
         async for chunk in request.stream():
             parser.write(chunk)
+            await flush()
         parser.finalize()
+        await flush(final=True)
     except BaseException:
         if state["fh"] is not None:
             state["fh"].close()
@@ -168,6 +186,21 @@ async def receive_file(request, limit: int, folder: Path | None = None) -> tuple
         path.unlink(missing_ok=True)
         raise UploadError(400, "no_file", "the request has no complete multipart field 'file'")
     return path, state["name"], state["size"]
+
+
+def remove_stale_parts(folder: Path | None = None, older_than_s: float = STALE_PART_S) -> int:
+    """Remove the partial uploads (``*.part``) a server left when it died mid-upload; return how
+    many. Called when ``narra serve`` starts."""
+    import time
+
+    folder = folder or settings.uploads_dir()
+    removed = 0
+    for part in folder.glob("*.part"):
+        with contextlib.suppress(OSError):
+            if time.time() - part.stat().st_mtime > older_than_s:
+                part.unlink()
+                removed += 1
+    return removed
 
 
 @dataclass(frozen=True)
@@ -208,9 +241,10 @@ def accept_upload(path: Path, source_name: str, instance: dg.DagsterInstance,
             instance.add_dynamic_partitions(kind.partitions.name, [upload.partition_key])
             if upload.restored_after:
                 reason = f"restored-{upload.restored_after}"
+        # published before the run is asked for, so it comes before analysis.started
+        _publish(resources, RECEIVED, upload.partition_key, kind.name, upload.source_name,
+                 {"size_bytes": upload.size_bytes, "reason": reason})
         request_run(upload.partition_key, kind.name, upload.source_name, reason=reason)
-    _publish(resources, RECEIVED, upload.partition_key, kind.name, upload.source_name,
-             {"size_bytes": upload.size_bytes, "reason": reason})
     return Accepted(upload, new=not exists, run_requested=True)
 
 

@@ -143,6 +143,8 @@ class JsonlEventSink(EventSink):
             return out
         with fh:
             offset = int(position)
+            if offset > os.fstat(fh.fileno()).st_size:
+                offset = 0  # the file was rotated since that position: read the new one whole
             fh.seek(offset)
             for line in fh:
                 if not line.endswith(b"\n"):

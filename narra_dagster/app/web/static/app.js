@@ -142,9 +142,15 @@ function player(mediaId, audioOnly, start) {
 
 async function openHit(hit, viewer) {
   if (hit.kind === "video") {
-    let audioOnly = false;
-    try { audioOnly = !(await api(`${API}/media/${hit.media_id}/details`)).has_video; } catch (e) {}
-    viewer.replaceChildren(player(hit.media_id, audioOnly, hit.start_s || 0));
+    let details = {};
+    try { details = await api(`${API}/media/${hit.media_id}/details`); } catch (e) {}
+    const parts = [player(hit.media_id, details.has_video === false, hit.start_s || 0)];
+    if (hit.box && details.keyframes && details.keyframes.length) {  // words read on a frame
+      const frame = details.keyframes.reduce((a, b) =>
+        Math.abs(b.time_s - hit.start_s) < Math.abs(a.time_s - hit.start_s) ? b : a);
+      parts.push(boxedImage(frame.frame, hit.box, details.video_width, details.video_height));
+    }
+    viewer.replaceChildren(...parts);
   } else if (hit.kind === "document") {
     viewer.replaceChildren(
       el("div", { class: "figure" }, el("img", { "data-testid": "page", alt: `Page ${hit.page}`,
@@ -156,13 +162,14 @@ async function openHit(hit, viewer) {
   viewer.scrollIntoView({ block: "nearest" });
 }
 
-// A picture with a box [x0, y0, x1, y1] (pixels of the picture) drawn over it.
-function boxedImage(src, box) {
+// A picture with a box [x0, y0, x1, y1] drawn over it; the box is in pixels of the picture, or
+// of a picture width x height (a video's frame, which may be stored smaller).
+function boxedImage(src, box, width, height) {
   const img = el("img", { src, alt: "The picture, with the match outlined", "data-testid": "picture" });
   const figure = el("div", { class: "figure" }, img);
   if (box) {
     img.addEventListener("load", () => {
-      const sx = img.clientWidth / img.naturalWidth, sy = img.clientHeight / img.naturalHeight;
+      const sx = img.clientWidth / (width || img.naturalWidth), sy = img.clientHeight / (height || img.naturalHeight);
       figure.append(el("div", { class: "box", "data-testid": "box",
         style: `left:${box[0] * sx}px;top:${box[1] * sy}px;width:${(box[2] - box[0]) * sx}px;height:${(box[3] - box[1]) * sy}px` }));
     }, { once: true });
@@ -221,7 +228,10 @@ async function follow(mediaId, view) {
     return;
   }
   const source = new EventSource(`${API}/events?media_id=${mediaId}`);
-  source.onmessage = null;
+  setTimeout(async () => {  // still queued: say why, when the server knows (no daemon running)
+    if (view.state.textContent !== "queued") return;
+    try { const now = await api(`${API}/media/${mediaId}`); if (now.note) view.message.textContent = now.note; } catch (e) {}
+  }, 35000);
   const handle = (event) => {
     const data = JSON.parse(event.data);
     if (data.stage && chips.has(data.stage)) {
@@ -286,6 +296,7 @@ async function showItem(mediaId) {
       d.duration_s && `${clock(d.duration_s)}`, d.pages && `${d.pages} pages`, d.language && `language ${d.language}`,
       d.width && `${d.width}×${d.height} px`, `media id ${mediaId}`].filter(Boolean).join(" · ") }),
     d.error ? el("p", { class: "error", role: "alert", text: classified(d.error, d.error_class) }) : null,
+    d.note ? el("p", { class: "note", role: "status", text: d.note }) : null,
   ];
   let media = null;
   if (d.kind === "video" && d.state !== "deleted") {
