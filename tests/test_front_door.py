@@ -177,6 +177,11 @@ def test_refusals_401_404_413_415_and_a_hostile_name(front_door, tmp_path):
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
     assert open_client.get("/api/v1/media").status_code == 401
     assert open_client.get("/healthz").status_code == 200  # liveness stays open
+    docs = open_client.get("/api/docs")  # OpenAPI docs, their scripts served here (no CDN)
+    assert docs.status_code == 200 and "/api/docs-static/swagger-ui-bundle.js" in docs.text
+    assert open_client.get("/api/docs-static/swagger-ui-bundle.js").status_code == 200
+    spec = open_client.get("/api/openapi.json").json()
+    assert "multipart/form-data" in spec["paths"]["/api/v1/media"]["post"]["requestBody"]["content"]
     open_client.close()
 
     unknown = door.upload(small)

@@ -196,9 +196,11 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         threading.Thread(target=searcher.load, name="narra-api-load", daemon=True).start()
         yield
 
-    app = FastAPI(title="narra", version="1", lifespan=lifespan, docs_url="/api/docs",
+    app = FastAPI(title="narra", version="1", lifespan=lifespan, docs_url=None,
                   openapi_url="/api/openapi.json", redoc_url=None,
-                  description="Search what narra's media say and show; follow and remove items.")
+                  description="Upload media, follow their processing, search what they say "
+                              "and show, retry and remove items.")
+    _mount_docs(app)
 
     if server_id:
         @app.middleware("http")
@@ -573,6 +575,23 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
     mount_web(app)
 
     return app
+
+
+def _mount_docs(app) -> None:
+    """``/api/docs``: Swagger UI from the ``swagger-ui-bundle`` package, served by this process
+    (FastAPI's default page loads it from a CDN, which a self-hosted machine may not reach)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/api/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/api/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url="/api/openapi.json", title="narra API",
+                                   swagger_js_url="/api/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/api/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/api/docs-static/favicon-32x32.png")
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, *, insecure: bool = False,
