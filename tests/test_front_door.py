@@ -367,10 +367,15 @@ def test_web_pdf_hit_shows_its_page_and_a_bad_file_its_error(page, front_door, t
     box.wait_for()
     drawn = box.bounding_box()
     shown = page.locator("[data-testid=picture]").bounding_box()
-    # the words span x 60..~700 of 800 px, y 170..~235 of 400 px: the box sits there on screen
-    assert 0.03 < (drawn["x"] - shown["x"]) / shown["width"] < 0.12
-    assert 0.35 < (drawn["y"] - shown["y"]) / shown["height"] < 0.5
-    assert 0.6 < drawn["width"] / shown["width"] < 0.95
+    hit = page.evaluate("""async () => (await (await fetch(
+        '/api/v1/search?q=harbour+ferry+timetable')).json()).hits[0]""")
+    x0, y0, x1, y1 = hit["box"]  # pixels of the 800 x 400 picture, inside the drawn words
+    assert 40 <= x0 < x1 <= 760 and 150 <= y0 < y1 <= 260, hit
+    # the box on screen is the hit's box scaled to the picture's size there (3 px border)
+    scale = shown["width"] / 800
+    assert abs(drawn["x"] - (shown["x"] + x0 * scale)) < 5
+    assert abs(drawn["y"] - (shown["y"] + y0 * scale)) < 5
+    assert abs(drawn["width"] - (x1 - x0) * scale) < 8
 
     # A video cut off after 5,000 bytes: taken (it starts like an MP4), then its run fails,
     # and the page shows the classified error the event stream brought.
