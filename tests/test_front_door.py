@@ -245,6 +245,7 @@ def test_retry_and_delete_leave_nothing_behind(front_door, clip, tmp_path):
 
     retried = door.client.post(f"/api/v1/media/{key}/retry")
     assert retried.status_code == 202, retried.text
+    assert retried.json()["state"] == "queued" and retried.json()["error"] is None
     twice = door.client.post(f"/api/v1/media/{key}/retry")  # a double click: still one run
     assert twice.status_code in (202, 409)
     again = door.wait_state(key, {"failed", "searchable"}, changed_from_run=first_run)

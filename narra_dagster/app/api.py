@@ -361,13 +361,14 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
 
         s = loaded()
         item = one(s, media_id)
+        from narra_dagster.app.uploads import waiting_request
+
         found = item_details(s.defs.resources["media_store"], media_id, item["kind"])
         item = {**item, **{k: found[k] for k in OVERVIEW if k in found}}
-        if item["state"] == "queued" and item["last_run"] is None:
-            from narra_dagster.defs.intake.requests import pending_request
-
-            waiting = pending_request(media_id)
-            if waiting and time.time() - _epoch(waiting.get("requested_at")) > WAITING_NOTE_S:
+        waiting = waiting_request(media_id, s.instance)
+        if waiting is not None:  # asked for (an upload, a retry), its run not created yet
+            item.update(state="queued", error=None, error_class=None, requested=waiting)
+            if time.time() - _epoch(waiting.get("requested_at")) > WAITING_NOTE_S:
                 item["note"] = ("its run has not been started yet: is the Dagster daemon running "
                                 "(`narra dev`, or `dagster-daemon run`)?")
         return item
@@ -456,9 +457,9 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         if item["state"] != "failed":
             return error(409, "not_failed", f"item {media_id!r} is {item['state']}, not failed: "
                                              "there is nothing to retry")
-        request = request_retry(media_id, item["kind"], item["source_name"] or media_id,
-                                s.instance, s.defs.resources)
-        return JSONResponse({**one(s, media_id), "retry": request}, status_code=202)
+        request_retry(media_id, item["kind"], item["source_name"] or media_id, s.instance,
+                      s.defs.resources)
+        return JSONResponse(get_media(media_id), status_code=202)
 
     @app.get(f"{API_PREFIX}/media/{{media_id}}/details", tags=["media"],
              dependencies=[Depends(authorized)])

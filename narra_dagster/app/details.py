@@ -52,7 +52,7 @@ def item_details(store: MediaStore, key: str, kind: str) -> dict[str, Any]:
     if kind == "video":
         probe = _read(store, key, "probe.json") or {}
         out["duration_s"] = probe.get("duration_s")
-        out["has_video"] = bool(probe.get("video"))
+        out["has_video"] = bool(probe.get("video")) if probe else None  # None: not probed yet
         transcript = _read(store, key, "transcript.json")
         if transcript:
             out["language"] = transcript.get("language")

@@ -248,6 +248,22 @@ def accept_upload(path: Path, source_name: str, instance: dg.DagsterInstance,
     return Accepted(upload, new=not exists, run_requested=True)
 
 
+def waiting_request(media_id: str, instance: dg.DagsterInstance) -> dict[str, Any] | None:
+    """The run request of ``media_id`` whose run does not exist yet (the sensor has not taken
+    it), or None. A request file whose run exists is one the sensor took and removes on its
+    next tick."""
+    waiting = pending_request(media_id)
+    if waiting is None:
+        return None
+    try:
+        run_key = run_request_for(waiting)[0].run_key
+    except (ValueError, KeyError, TypeError):
+        return None
+    if instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1):
+        return None
+    return waiting
+
+
 def request_retry(media_id: str, kind: str, source_name: str, instance: dg.DagsterInstance,
                   resources: dict[str, Any]) -> dict[str, Any]:
     """Ask for a new run of a failed item's whole chain (the caller checks it failed). A retry
@@ -256,14 +272,9 @@ def request_retry(media_id: str, kind: str, source_name: str, instance: dg.Dagst
     Returns:
         The pending request record (``media_id``, ``kind``, ``reason``, ``requested_at``).
     """
-    waiting = pending_request(media_id)
-    # A retry whose run does not exist yet is answered as it is. A request whose run exists
-    # (the sensor took it and removes the file on its next tick) is replaced.
+    waiting = waiting_request(media_id, instance)
     if waiting is not None and str(waiting.get("reason") or "").startswith("retry-"):
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            run_key = run_request_for(waiting)[0].run_key
-            if not instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1):
-                return waiting
+        return waiting  # asked already: one run, however often the button is pressed
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     request_run(media_id, kind, source_name, reason=f"retry-{stamp}")
     _publish(resources, RETRY_REQUESTED, media_id, kind, source_name, {"reason": stamp})

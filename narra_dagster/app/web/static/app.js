@@ -290,7 +290,7 @@ async function showItem(mediaId) {
                                     rel: "noopener" }, "Runs in Dagster") : null);
   const parts = [
     el("div", { class: "item-head" },
-      el("h1", {}, d.source_name || mediaId, el("span", { class: "kind", text: d.kind === "video" && !d.has_video ? "audio" : d.kind })),
+      el("h1", {}, d.source_name || mediaId, el("span", { class: "kind", text: d.kind === "video" && d.has_video === false ? "audio" : d.kind })),
       el("span", { class: `state ${d.state}`, "data-testid": "item-state", text: d.state }), actions),
     el("p", { class: "meta", text: [d.size_bytes && `${(d.size_bytes / 1e6).toFixed(1)} MB`,
       d.duration_s && `${clock(d.duration_s)}`, d.pages && `${d.pages} pages`, d.language && `language ${d.language}`,
@@ -300,7 +300,7 @@ async function showItem(mediaId) {
   ];
   let media = null;
   if (d.kind === "video" && d.state !== "deleted") {
-    media = player(mediaId, !d.has_video, 0);
+    media = player(mediaId, d.has_video === false, 0);
     parts.push(media);
   }
   if (d.kind === "image") parts.push(boxedImage(`${API}/media/${mediaId}/source`, null));
