@@ -11,7 +11,7 @@ serve` (the production path: the server stores, the run_request_sensor asks, the
 2. 20 uploads at once (distinct photos): answers, items lost, seconds until all are searchable;
 3. search p50/p95 through HTTP (after the above, so over what they indexed);
 4. the server's memory (RSS, sampled every 20 ms) while a 1 GB upload streams in, with the
-   daemon stopped so that no run starts.
+   daemon stopped so that no run starts, and how fast it answers ``/healthz`` meanwhile.
 
 Prints a table and writes the figures to ``--out`` (JSON).
 """
@@ -208,14 +208,27 @@ def memory_during_upload(url: str, pid: int, big: Path) -> dict:
             peak[0] = max(peak[0], server.memory_info().rss)
             time.sleep(0.02)
 
+    pings: list[float] = []
+
+    def ping():  # does the server still answer while the upload streams?
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                t = time.perf_counter()
+                client.get("/healthz")
+                pings.append((time.perf_counter() - t) * 1000)
+                time.sleep(0.05)
+
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    pinger = threading.Thread(target=ping, daemon=True)
+    pinger.start()
     t0 = time.time()
     with httpx.Client(base_url=url, timeout=600) as client, open(big, "rb") as fh:
         response = client.post("/api/v1/media", files={"file": ("long-silence.wav", fh)})
     took = time.time() - t0
     stop.set()
     sampler.join()
+    pinger.join()
     key = response.json().get("media_id")
     with httpx.Client(base_url=url, timeout=600) as client:
         t1 = time.time()
@@ -225,7 +238,10 @@ def memory_during_upload(url: str, pid: int, big: Path) -> dict:
     return {"upload_mb": round(mb), "status": response.status_code,
             "seconds": round(took, 2), "mb_per_s": round(mb / took, 1),
             "server_rss_before_mb": round(baseline / 1e6), "server_rss_peak_mb": round(peak[0] / 1e6),
-            "growth_mb": round((peak[0] - baseline) / 1e6), "delete_s": round(deleted, 2)}
+            "growth_mb": round((peak[0] - baseline) / 1e6), "delete_s": round(deleted, 2),
+            "healthz_meanwhile": {"requests": len(pings),
+                                  "p50_ms": round(percentile(pings, 50), 1),
+                                  "max_ms": round(max(pings), 1) if pings else None}}
 
 
 def main() -> None:

@@ -211,6 +211,8 @@ def test_refusals_401_404_413_415_and_a_hostile_name(front_door, tmp_path):
     door.wait_state(accepted.json()["media_id"], {"searchable", "failed"})
     assert door.client.get("/api/v1/media/0123456789abcdef").status_code == 404
     assert door.client.get("/api/v1/media/not-an-id").status_code == 404
+    bad = door.client.get("/api/v1/events", headers={"Last-Event-ID": "not-a-position"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_event_id"
 
     # A file name built to escape: path parts, quotes, control and non-UTF-8 bytes, 300 long.
     image = tmp_path / "photo.png"

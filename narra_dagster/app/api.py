@@ -422,7 +422,7 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         from narra_dagster.app.uploads import UploadError, accept_upload, max_upload_bytes, receive_file
         from narra_dagster.core.errors import BadInputError
 
-        s = loaded()
+        s = await run_in_threadpool(loaded)  # may wait for the start-up: not on the event loop
         try:
             path, name, _size = await receive_file(request, max_upload_bytes())
         except UploadError as exc:
@@ -534,15 +534,20 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         reconnects with ``Last-Event-ID`` (or ``?after=``) gets what it missed; ``0`` replays
         from the start. Without either, a stream for one ``media_id`` starts with that item's
         history, a stream of everything with what happens next."""
+        from starlette.concurrency import run_in_threadpool
+
         from narra_dagster.app.streams import event_stream
 
-        s = loaded()
-        sink = s.defs.resources["event_sink"]
-        position = request.headers.get("last-event-id") or after
-        if position is None:
-            position = "0" if media_id else sink.end_position()
+        def start() -> tuple[Any, str]:  # blocking (start-up, a file, Redis): off the loop
+            sink = loaded().defs.resources["event_sink"]
+            position = request.headers.get("last-event-id") or after
+            if position is None:
+                position = "0" if media_id else sink.end_position()
+            sink.read_after(position, limit=1)  # ValueError for an id this sink never gave
+            return sink, position
+
         try:
-            sink.read_after(position, limit=1)
+            sink, position = await run_in_threadpool(start)
         except ValueError as exc:
             return error(400, "bad_event_id", str(exc))
         return StreamingResponse(event_stream(request, sink, position, media_id),
