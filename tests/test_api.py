@@ -185,6 +185,8 @@ def test_items_are_listed_followed_served_with_ranges_and_deleted(home, tmp_path
         assert {i["media_id"] for i in page["items"] + rest["items"]} == {image_key, audio_key}
         status, videos = _get(f"{api}?kind=audio&state=searchable", token=TOKEN)
         assert [i["media_id"] for i in videos["items"]] == [audio_key]
+        status, photos = _get(f"{api}?kind=photo", token=TOKEN)
+        assert [(i["media_id"], i["state"]) for i in photos["items"]] == [(image_key, "searchable")]
         assert _get(f"{api}?state=lost", token=TOKEN)[0] == 422
 
         status, item = _get(f"{api}/{audio_key}", token=TOKEN)
@@ -215,5 +217,8 @@ def test_items_are_listed_followed_served_with_ranges_and_deleted(home, tmp_path
         assert image_key not in {h["media_id"] for h in found["hits"]}
         status, deleted = _get(f"{api}?state=deleted", token=TOKEN)
         assert [i["media_id"] for i in deleted["items"]] == [image_key]
+        status, every = _get(api, token=TOKEN)  # newest first: the deletion is newer
+        assert [(i["media_id"], i["state"]) for i in every["items"]] == [
+            (image_key, "deleted"), (audio_key, "searchable")] and every["total"] == 2
     with dg.DagsterInstance.get() as instance:
         assert not instance.has_dynamic_partition("images", image_key)

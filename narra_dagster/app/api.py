@@ -334,7 +334,8 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> dict[str, Any]:
         """Items, newest upload first, ``limit`` per page; ``next_cursor`` is null on the last
-        page."""
+        page. Without ``state``, only the page's items are looked up in Dagster; filtering by
+        ``state`` looks at every item."""
         s = loaded()
         if kind is not None:
             from narra_dagster.registry import UnknownKindError, get
@@ -343,13 +344,37 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
                 kind = get(kind).name
             except UnknownKindError as exc:
                 return error(422, "unknown_kind", str(exc))
-        every = [i for i in items(s) if (state is None or i["state"] == state)
-                 and (kind is None or i["kind"] == kind)]
-        every.sort(key=lambda i: i["ingested_at"] or i["deleted_at"] or "", reverse=True)
-        page = every[cursor:cursor + limit]
-        more = cursor + limit < len(every)
-        return {"items": page, "next_cursor": cursor + limit if more else None,
-                "total": len(every)}
+        if state is None:  # order by the manifests, then ask Dagster about this page only
+            order = _newest_first(s, kind)
+            page = [i for key in order[cursor:cursor + limit] for i in items(s, key)]
+            total = len(order)
+        else:  # a state is known only from Dagster's records: every item is looked at
+            every = [i for i in items(s) if i["state"] == state
+                     and (kind is None or i["kind"] == kind)]
+            every.sort(key=lambda i: i["ingested_at"] or i["deleted_at"] or "", reverse=True)
+            page, total = every[cursor:cursor + limit], len(every)
+        more = cursor + limit < total
+        return {"items": page, "next_cursor": cursor + limit if more else None, "total": total}
+
+    def _newest_first(s: _Searcher, kind: str | None) -> list[str]:
+        """Every item's media id (live partitions, then deleted items), newest upload or
+        deletion first, from the manifests and tombstones: no Dagster query per item."""
+        from narra_dagster import registry
+
+        store = s.defs.resources["media_store"]
+        when: dict[str, str] = {}
+        for media_kind in registry.KINDS:
+            if kind is not None and media_kind.name != kind:
+                continue
+            for key in s.instance.get_dynamic_partitions(media_kind.partitions.name):
+                try:
+                    when[key] = store.manifest(key).get("ingested_at") or ""
+                except (FileNotFoundError, ValueError, OSError):
+                    when[key] = ""
+        for key, stone in store.tombstones().items():
+            if key not in when and (kind is None or stone.get("kind") == kind):
+                when[key] = stone.get("deleted_at") or ""
+        return sorted(when, key=lambda k: (when[k], k), reverse=True)
 
     @app.get(f"{API_PREFIX}/media/{{media_id}}", tags=["media"],
              dependencies=[Depends(authorized)])
