@@ -382,14 +382,19 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         """One item: its state, each stage's last materialization, its error if it failed, and
         what describes it once found: language, duration (seconds), pages, size in pixels,
         summary and keywords."""
+        return described(media_id, overview_only=True)
+
+    def described(media_id: str, *, overview_only: bool) -> dict[str, Any]:
+        """One item with its findings (those of :data:`OVERVIEW`, or all), read once, and
+        ``queued`` while a run asked for it does not exist yet."""
         from narra_dagster.app.details import item_details
+        from narra_dagster.app.uploads import waiting_request
 
         s = loaded()
         item = one(s, media_id)
-        from narra_dagster.app.uploads import waiting_request
-
         found = item_details(s.defs.resources["media_store"], media_id, item["kind"])
-        item = {**item, **{k: found[k] for k in OVERVIEW if k in found}}
+        item = {**item, **({k: found[k] for k in OVERVIEW if k in found} if overview_only
+                           else found)}
         waiting = waiting_request(media_id, s.instance)
         if waiting is not None:  # asked for (an upload, a retry), its run not created yet
             item.update(state="queued", error=None, error_class=None, requested=waiting)
@@ -449,12 +454,12 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
 
         s = await run_in_threadpool(loaded)  # may wait for the start-up: not on the event loop
         try:
-            path, name, _size = await receive_file(request, max_upload_bytes())
+            path, name, _size, digest = await receive_file(request, max_upload_bytes())
         except UploadError as exc:
             return error(exc.status, exc.code, str(exc))
         try:
             accepted = await run_in_threadpool(accept_upload, path, name, s.instance,
-                                               s.defs.resources)
+                                               s.defs.resources, digest)
         except BadInputError as exc:
             status = {"unsupported_type": 415, "too_large": 413}.get(exc.code, 422)
             return error(status, exc.code, str(exc))
@@ -491,11 +496,7 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
     def media_details(media_id: str) -> dict[str, Any]:
         """What the item's stages found, for its page: transcript segments, keyframes, labels,
         OCR text, summary and keywords, near-duplicates, pages (whatever exists so far)."""
-        from narra_dagster.app.details import item_details
-
-        item = get_media(media_id)
-        return {**item, **item_details(loaded().defs.resources["media_store"], media_id,
-                                       item["kind"])}
+        return described(media_id, overview_only=False)
 
     @app.get(f"{API_PREFIX}/media/{{media_id}}/thumbnail", tags=["media"],
              dependencies=[Depends(authorized)])

@@ -12,6 +12,8 @@ from narra_dagster.resources.events import EventSink
 POLL_S = 0.5
 """How often the sink is read for new events (seconds); events themselves are published by the
 domain events sensor every few seconds."""
+BATCH = 500
+"""Events read from the sink at a time; a full batch is followed at once by the next."""
 KEEPALIVE_S = 15.0
 """A comment line after this many quiet seconds, so proxies and clients keep the stream open."""
 
@@ -32,12 +34,12 @@ async def event_stream(request, sink: EventSink, position: str,
     yield "retry: 2000\n\n"  # how long a browser waits before reconnecting
     quiet_since = time.monotonic()
     while not await request.is_disconnected():
-        batch = await run_in_threadpool(sink.read_after, position, 500)
+        batch = await run_in_threadpool(sink.read_after, position, BATCH)
         for position, event in batch:
             if media_id is None or event.get("media_id") == media_id:
                 yield sse_message(position, event)
                 quiet_since = time.monotonic()
-        if len(batch) == 500:
+        if len(batch) == BATCH:
             continue
         if time.monotonic() - quiet_since > KEEPALIVE_S:
             yield ": keep-alive\n\n"

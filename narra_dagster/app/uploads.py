@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import os
 import re
@@ -88,7 +89,8 @@ def clean_name(raw: bytes | str | None) -> str:
     return name if name not in ("", ".", "..") else "upload"
 
 
-async def receive_file(request, limit: int, folder: Path | None = None) -> tuple[Path, str, int]:
+async def receive_file(request, limit: int, folder: Path | None = None,
+                       ) -> tuple[Path, str, int, str]:
     """Stream the ``file`` field of a ``multipart/form-data`` request to a new file.
 
     Args:
@@ -97,8 +99,8 @@ async def receive_file(request, limit: int, folder: Path | None = None) -> tuple
         folder: where to write it; default ``$NARRA_HOME/uploads``.
 
     Returns:
-        (the written file, its name as sent, cleaned by :func:`clean_name`, its size in bytes).
-        The caller removes the file.
+        (the written file, its name as sent, cleaned by :func:`clean_name`, its size in bytes,
+        its SHA-256 in hex, computed as the bytes arrive). The caller removes the file.
 
     Raises:
         UploadError: 415 ``not_multipart`` for another content type; 413 ``too_large`` when the
@@ -142,6 +144,11 @@ async def receive_file(request, limit: int, folder: Path | None = None) -> tuple
             state["fh"] = open(path, "wb")
 
     pending = bytearray()  # written to disk by a worker thread once it holds WRITE_BYTES
+    digest = hashlib.sha256()
+
+    def write(fh, data: bytes) -> None:
+        fh.write(data)
+        digest.update(data)
 
     def on_part_data(data, start, end):
         if state["fh"] is None:
@@ -166,7 +173,7 @@ async def receive_file(request, limit: int, folder: Path | None = None) -> tuple
         if fh is not None and (len(pending) >= WRITE_BYTES or final or state.get("closing")):
             data = bytes(pending)
             pending.clear()
-            await run_in_threadpool(fh.write, data)  # the event loop keeps serving meanwhile
+            await run_in_threadpool(write, fh, data)  # the event loop keeps serving meanwhile
             if state.pop("closing", False):
                 fh.close()
                 state["fh"], state["done"] = None, True
@@ -185,7 +192,7 @@ async def receive_file(request, limit: int, folder: Path | None = None) -> tuple
     if not state["done"]:
         path.unlink(missing_ok=True)
         raise UploadError(400, "no_file", "the request has no complete multipart field 'file'")
-    return path, state["name"], state["size"]
+    return path, state["name"], state["size"], digest.hexdigest()
 
 
 def remove_stale_parts(folder: Path | None = None, older_than_s: float = STALE_PART_S) -> int:
@@ -214,12 +221,13 @@ class Accepted:
 
 
 def accept_upload(path: Path, source_name: str, instance: dg.DagsterInstance,
-                  resources: dict[str, Any]) -> Accepted:
+                  resources: dict[str, Any], sha256: str | None = None) -> Accepted:
     """Take one received file in, as the inbox sensor would, and ask for its run.
 
     The same bytes again are the same item: no copy, no partition, no run (only their new name
     is recorded), except when the item failed only because its earlier names claimed another
-    type and this name fits (run again, as the inbox does).
+    type and this name fits (run again, as the inbox does). ``sha256``: the file's digest when
+    known (:func:`receive_file` computes it), so the file is not read again for it.
 
     Raises:
         BadInputError: ``empty_file``, ``unsupported_type``, ``too_large`` (from
@@ -229,7 +237,7 @@ def accept_upload(path: Path, source_name: str, instance: dg.DagsterInstance,
     media_store: MediaStore = resources["media_store"]
     with _intake_lock:  # the same bytes twice at once: one partition, one run request
         upload = store_upload(path, media_store, source_name=source_name,
-                              ingested_by="narra serve")
+                              ingested_by="narra serve", sha256=sha256)
         kind = registry.get(upload.kind)
         exists = instance.has_dynamic_partition(kind.partitions.name, upload.partition_key)
         reason = None

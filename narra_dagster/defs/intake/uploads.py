@@ -62,20 +62,21 @@ def classify_upload(path: Path) -> MediaKind:
 
 
 def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None = None,
-                 ingested_by: str = "narra") -> Upload:
+                 ingested_by: str = "narra", sha256: str | None = None) -> Upload:
     """Hash a file, copy it into the media store under its partition key, record a manifest.
 
     Idempotent: the same bytes give the same key, and an item already in the store is not
     copied again. Names are metadata: each new name the same bytes arrive under is added to the
     manifest's ``names``; ``source_name`` stays the first, unless only a later name fits the
-    bytes' kind.
+    bytes' kind. ``sha256``: the file's digest (hex) when the caller computed it already, as
+    the HTTP API does while it receives the bytes; else it is computed here.
 
     Raises:
         BadInputError: see :func:`classify_upload`.
         OSError: when the file cannot be read or the store cannot be written.
     """
     kind = classify_upload(path).name
-    digest = file_sha256(path)
+    digest = sha256 or file_sha256(path)
     key = digest[:KEY_LENGTH]
     name = source_name if source_name is not None else path.name
     # A name whose bytes are not UTF-8 (Python holds them as surrogates) is kept readable,
