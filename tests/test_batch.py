@@ -1,12 +1,15 @@
 """Batch runs: several videos in ONE run, one materialization per partition and asset, a bad item
 failing alone with its classified error, and the UI's partition status counting both right."""
 
+from pathlib import Path
+
 import dagster as dg
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
 from narra_dagster.defs.video.assets import CHECK_INDEX_ROWS, video_index_rows
 from narra_dagster import registry
-from narra_dagster.core.batch import BATCH_TAG
+from narra_dagster.core import dagster_private
+from narra_dagster.core.batch import BATCH_TAG, MAX_BATCH_ITEMS, MAX_BATCH_MEDIA_S, plan_batches
 from narra_dagster.definitions import build_defs
 from narra_dagster.app.processing import process_files
 from narra_dagster.app.status import partition_status
@@ -51,9 +54,16 @@ def test_many_items_in_one_run_each_recorded_and_a_bad_one_fails_alone(
     # Every stage of the video group: transcript chain, keyframes and frame text, enrichment.
     assert set(good[0].steps) == {stage.name for stage in registry.get("video").stages}
     assert {"video_index_rows", "video_frame_index_rows", "video_enrichment"} <= set(good[0].steps)
-    bad = by_name["fake.mp4"]
+    bad, silent = by_name["fake.mp4"], by_name[silent_clip.name]
     assert bad.status == "failed" and bad.error_class == "not_media", bad
     assert "video_source" in bad.error
+
+    # Each item's start and end are marked in the run's event log, for a crashed run's retry.
+    marks = dagster_private.item_marks(instance, run.run_id)
+    assert [(m["narra/item"], m["narra/item_event"]) for m in marks] == [
+        (r.partition_key, event) for r in [*good[:2], silent, bad] for event in ("started", "ended")]
+    assert {m["narra/item"]: m["status"] for m in marks if m["narra/item_event"] == "ended"} == {
+        **{r.partition_key: "succeeded" for r in good}, bad.partition_key: "failed"}
 
     good_keys = {r.partition_key for r in good}
     for asset in registry.get("video").stage_set.assets:
@@ -125,3 +135,16 @@ def test_a_resource_that_cannot_be_set_up_is_the_reported_cause(resources, insta
     assert "could not be set up" in result.error and "classifier.onnx" in result.error
     (item,) = partition_status(instance, defs, result.partition_key)
     assert "classifier.onnx" in item["last_run"]["error"]
+
+
+def test_new_items_are_cut_into_batches_by_count_and_declared_media_seconds(silent_clip):
+    photos = [(f"p{i:02d}", None) for i in range(120)]
+    assert [len(b) for b in plan_batches(photos)] == [MAX_BATCH_ITEMS, MAX_BATCH_ITEMS, 20]
+    # A two-hour recording runs alone; the clips around it share runs up to 30 minutes.
+    items = [("a", 600.0), ("b", 600.0), ("long", 7200.0), ("c", 300.0), ("d", 1500.0), ("e", 1.0)]
+    assert plan_batches(items, max_media_s=MAX_BATCH_MEDIA_S) == [
+        ["a", "b"], ["long"], ["c", "d"], ["e"]]
+    assert sum(plan_batches(photos + items), []) == [k for k, _ in photos + items]
+    # the duration a real file declares, read from its container header
+    assert abs(registry.get("video").media_seconds(silent_clip) - 10.0) < 0.5
+    assert registry.get("video").media_seconds(Path(__file__)) is None

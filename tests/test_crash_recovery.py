@@ -219,3 +219,119 @@ def test_a_run_whose_worker_died_with_the_daemon_is_recovered_on_the_embedded_in
             assert instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[key]), limit=1).records
         print(f"recovered {elapsed:.0f} s after the crash")
+
+
+def _marks(instance, run_id):
+    from narra_dagster.core.dagster_private import item_marks
+
+    return [(m["narra/item"], m["narra/item_event"]) for m in item_marks(instance, run_id)]
+
+
+def _batch_pid(instance, run_id):
+    started = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
+    return started[0].dagster_event.pid if started else None
+
+
+@pytest.mark.daemon
+def test_a_batch_run_killed_twice_resumes_and_runs_the_crasher_alone(home, tmp_path,
+                                                                      monkeypatch):
+    """Three recordings dropped together are one batch run. Its worker is killed (SIGKILL)
+    while the second is processed; run retries start the batch again, which keeps the first
+    item as finished and resumes at the second; killed there again, the third attempt hands the
+    second item to a per-item run of its own and processes the third. Every item ends
+    searchable, the first processed exactly once."""
+    from narra_dagster.core.batch import item_results
+    from tests.support.media import speak, write_audio
+
+    clips = {}
+    for name, sentence in zip(["one.wav", "two.wav", "three.wav"], SPEECH_SENTENCES):
+        audio, _ = speak([sentence] * 3)
+        clips[name] = write_audio(audio, tmp_path / name, "wav")
+    with pg_database() as db:
+        for k, v in pg_env(db).items():
+            monkeypatch.setenv(k, v)
+        dagster_home = production_dagster_home(
+            home / "dagster",
+            run_monitoring={"poll_interval_seconds": 5, "free_slots_after_run_end_seconds": 5},
+            run_retries={"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False},
+        )
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            apply_pool_limits(instance, {pools.TRANSCRIPTION: 1, pools.SEARCH_INDEX: 1})
+        inbox = home / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        log = tmp_path / "daemon.log"
+        with daemon(subprocess_env(home), log) as proc, \
+                dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            for name, path in clips.items():
+                shutil.copyfile(path, inbox / f"{name}.part")
+            for name in clips:
+                (inbox / f"{name}.part").rename(inbox / name)
+
+            def batch_runs():
+                assert proc.poll() is None, log.read_text()[-3000:]
+                return sorted(instance.get_runs(dg.RunsFilter(job_name="video_batch")),
+                              key=lambda r: r.tags.get("dagster/retry_number", "0"))
+
+            def in_progress(attempt, ended_before):
+                """(run, the item it is processing, its worker's pid) once the ``attempt``-th
+                run has ended ``ended_before`` items and started the next."""
+                def check():
+                    runs = batch_runs()
+                    if len(runs) <= attempt:
+                        return None
+                    marks = _marks(instance, runs[attempt].run_id)
+                    if marks and marks[-1][1] == "started" and sum(
+                            e == "ended" for _, e in marks) == ended_before:
+                        return runs[attempt], marks[-1][0], _batch_pid(instance, runs[attempt].run_id)
+                return check
+
+            # Attempt 1: killed once the first item has ended and the second has started.
+            first, victim, pid = wait_for(in_progress(0, 1), DEADLINE_S,
+                                          "the batch run to start its second item", interval_s=0.1,
+                                          on_timeout=lambda: log.read_text()[-3000:])
+            keys = batch_keys_of(first)
+            assert len(keys) == 3 and victim == keys[1]
+            os.kill(pid, signal.SIGKILL)
+            # Attempt 2 (a run retry, same run config): resumes at the second item; killed again.
+            second, again, pid = wait_for(in_progress(1, 0), DEADLINE_S,
+                                          "the retry to start the second item", interval_s=0.1,
+                                          on_timeout=lambda: log.read_text()[-3000:])
+            assert again == victim and second.parent_run_id == first.run_id
+            assert [k for k, e in _marks(instance, second.run_id) if e == "started"] == [victim]
+            os.kill(pid, signal.SIGKILL)
+
+            def all_searchable():
+                assert proc.poll() is None, log.read_text()[-3000:]
+                last = [a.key for a in video_assets][-1]
+                return all(instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=last, asset_partitions=[k]), limit=1).records
+                    for k in keys)
+
+            wait_for(all_searchable, DEADLINE_S, "every item to be searchable", interval_s=2,
+                     on_timeout=lambda: log.read_text()[-4000:])
+            runs = batch_runs()
+            assert len(runs) == 3
+            third = runs[2]
+            wait_for(lambda: instance.get_run_by_id(third.run_id).is_finished, 60,
+                     "the third attempt to end")
+            results = {r["partition_key"]: r for r in item_results(instance, third.run_id)}
+            assert results[keys[0]]["status"] == "succeeded"
+            assert results[keys[0]]["run_id"] == first.run_id  # carried, not processed again
+            assert results[victim]["status"] == "isolated"
+            assert results[keys[2]]["status"] == "succeeded" and results[keys[2]]["run_id"] is None
+            assert instance.get_run_by_id(third.run_id).status == dg.DagsterRunStatus.SUCCESS
+            alone = instance.get_runs(dg.RunsFilter(job_name="video_pipeline"))
+            assert [r.tags["dagster/partition"] for r in alone] == [victim]
+            assert "alone-after-" in alone[0].tags["dagster/run_key"]
+            # The first item's stages materialized once: only by the first attempt.
+            for asset in video_assets:
+                records = instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[keys[0]]),
+                    limit=10).records
+                assert [r.run_id for r in records] == [first.run_id], asset.key
+
+
+def batch_keys_of(run):
+    from narra_dagster.core.batch import batch_keys
+
+    return batch_keys(run)

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from narra_dagster import PIPELINE_VERSION
+from narra_dagster.core.batch import MAX_BATCH_ITEMS, requested_keys
 from narra_dagster.resources import LocalMediaStore
 from narra_dagster.defs.intake.inbox_sensor import upload_sensor
 from narra_dagster.resources.inbox import LocalInbox
@@ -36,6 +37,11 @@ def _tick(instance, inbox, store, cursor=None):
     return result
 
 
+def _keys(result) -> list[str]:
+    """Every partition key the tick's run requests ask for, batch runs included."""
+    return [k for r in result.run_requests for k in requested_keys(r)]
+
+
 def _drop(inbox, name, data: bytes, age_s: float = 10.0):
     path = os.path.join(inbox.path, name)
     os.makedirs(inbox.path, exist_ok=True)
@@ -51,10 +57,12 @@ def test_new_files_become_partitions_and_runs_with_idempotent_run_keys(instance,
     _drop(inbox, "same bytes, other name.mov", silent_clip.read_bytes())
     _drop(inbox, "other.mp4", MP4_HEAD + b"other")
     result = _tick(instance, inbox, store)
-    keys = [r.partition_key for r in result.run_requests]
+    keys = _keys(result)
     assert len(keys) == 2 == len(set(keys))  # the duplicate bytes are one item
-    assert {r.run_key for r in result.run_requests} == {f"video:{k}:v{PIPELINE_VERSION}" for k in keys}
-    assert all(r.job_name == "video_pipeline" for r in result.run_requests)
+    [batch] = result.run_requests  # the new items of one kind: one batch run
+    assert batch.job_name == "video_batch" and batch.partition_key is None
+    assert batch.run_key.startswith("video:batch:") and batch.run_key.endswith(f":v{PIPELINE_VERSION}")
+    assert all(batch.tags[f"narra/item-{k}"] == "1" for k in keys)
     [add] = result.dynamic_partitions_requests
     assert add.partitions_def_name == "videos" and sorted(add.partition_keys) == sorted(keys)
     for key in keys:
@@ -74,7 +82,9 @@ def test_new_files_become_partitions_and_runs_with_idempotent_run_keys(instance,
     replaced = _tick(instance, inbox, store, second.cursor)
     _drop(inbox, "report.mp4", MP4_HEAD + b"second version, longer", age_s=5.0)
     after = _tick(instance, inbox, store, replaced.cursor)
-    assert len(after.run_requests) == 1
+    [alone] = after.run_requests  # one new item: a per-item run
+    assert alone.run_key == f"video:{alone.partition_key}:v{PIPELINE_VERSION}"
+    assert alone.job_name == "video_pipeline"
     assert after.run_requests[0].partition_key != replaced.run_requests[0].partition_key
     assert not (inbox.processed_dir / replaced.run_requests[0].partition_key).exists()
     second = _tick(instance, inbox, store, after.cursor)
@@ -122,21 +132,23 @@ def test_a_burst_of_200_files_is_capped_per_tick_and_each_taken_once(instance, i
         if ticks == 1:  # oldest first: the first tick takes the 50 oldest files
             assert sorted(json.loads(result.cursor)["registered"]) == [
                 f"clip-{i:03d}.mp4" for i in range(50)]
-        assert len(result.run_requests) <= inbox.max_per_tick
-        seen += [r.run_key for r in result.run_requests]
+        assert len(result.run_requests) <= 1 and len(_keys(result)) <= MAX_BATCH_ITEMS
+        seen += _keys(result)
         cursor = result.cursor
         if not result.run_requests:
             break
-    assert ticks == 5  # 4 full ticks of 50, and one that only moves the last files
+    assert ticks == 5  # 4 full ticks of 50 (a batch run each), and one that only moves the last files
     assert len(seen) == len(set(seen)) == 200
     assert len(instance.get_dynamic_partitions("videos")) == 200
     assert os.listdir(inbox.path) == [".processed"]
     assert json.loads(cursor)["registered"] == {}
 
 
-def test_sensor_is_on_by_default_and_targets_the_video_job():
+def test_sensor_is_on_by_default_and_targets_each_kinds_jobs():
     assert upload_sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sorted(j.name for j in upload_sensor.jobs) == ["document_pipeline", "image_pipeline", "video_pipeline"]
+    assert sorted(j.name for j in upload_sensor.jobs) == [
+        "document_batch", "document_pipeline", "image_batch", "image_pipeline", "video_batch",
+        "video_pipeline"]
 
 
 def test_hostile_file_names_are_metadata_only(instance, inbox, store, tmp_path):
@@ -144,11 +156,10 @@ def test_hostile_file_names_are_metadata_only(instance, inbox, store, tmp_path):
     for i, name in enumerate(names):
         _drop(inbox, name, MP4_HEAD + bytes([i]))
     result = _tick(instance, inbox, store)
-    assert len(result.run_requests) == 4
+    assert len(_keys(result)) == 4
     _tick(instance, inbox, store, result.cursor)
     # Sources are stored under their keys only; originals are kept, byte for byte, by key.
-    for request in result.run_requests:
-        key = request.partition_key
+    for key in _keys(result):
         assert sorted(p.name for p in (tmp_path / "media" / key).iterdir()) == ["manifest.json", "source"]
         assert store.manifest(key)["source_name"] in names
         [kept] = list((inbox.processed_dir / key).iterdir())
@@ -239,16 +250,16 @@ def test_every_tick_completes_whatever_the_inbox_holds(instance, inbox, store, t
     (root / "folder.mp4").mkdir()
 
     first = _tick(instance, inbox, store)
-    assert len(first.run_requests) == 2 + len(odd)  # the long video, the odd names, the Latin-1
+    assert len(_keys(first)) == 2 + len(odd)  # the long video, the odd names, the Latin-1
     second = _tick(instance, inbox, store, first.cursor)
     assert not second.run_requests
     reasons = list(inbox.rejected_dir.glob("*.reason.txt"))
     assert len(reasons) == 1 and "[unsupported_type]" in reasons[0].read_text()
     assert "x" * 200 in reasons[0].read_text()  # the reason file names the file
-    names = {store.manifest(r.partition_key)["source_name"] for r in first.run_requests}
+    names = {store.manifest(key)["source_name"] for key in _keys(first)}
     assert long_video in names and "\u202eexe.mp4" in names
     # the symlink, the FIFO and the folder are left where they are, unread
     assert (root / "link.mp4").is_symlink() and (root / "pipe.mp4").exists()
     assert (root / "folder.mp4").is_dir()
-    assert not any(store.read_bytes(r.partition_key, "source").endswith(b"outside the inbox")
-                   for r in first.run_requests)
+    assert not any(store.read_bytes(key, "source").endswith(b"outside the inbox")
+                   for key in _keys(first))

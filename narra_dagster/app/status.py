@@ -65,7 +65,9 @@ def partition_status(instance: dg.DagsterInstance, defs: dg.Definitions,
                                  if i["partition_key"] == key), None)
                     if item is not None:
                         error, error_class = item["error"], item["error_class"]
-                        status = "SUCCESS" if item["status"] == "succeeded" else "FAILURE"
+                        # isolated: handed to a run of its own, which is queued or starting
+                        status = {"succeeded": "SUCCESS", "isolated": "QUEUED"}.get(
+                            item["status"], "FAILURE")
                 last_run = {"run_id": run.run_id, "job": run.job_name, "status": status,
                             "error": error, "error_class": error_class}
             done = all(assets.values())

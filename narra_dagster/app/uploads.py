@@ -26,7 +26,8 @@ from typing import Any
 import dagster as dg
 
 from narra_dagster import registry, settings
-from narra_dagster.defs.intake.requests import pending_request, request_run, run_request_for
+from narra_dagster.defs.intake.requests import (has_first_run, pending_request, request_run,
+                                                run_request_for)
 from narra_dagster.defs.intake.uploads import MAX_UPLOAD_BYTES, Upload, store_upload
 from narra_dagster.resources.events import make_event
 from narra_dagster.resources.media_store import MediaStore
@@ -252,7 +253,9 @@ def accept_upload(path: Path, source_name: str, instance: dg.DagsterInstance,
         # published before the run is asked for, so it comes before analysis.started
         _publish(resources, RECEIVED, upload.partition_key, kind.name, upload.source_name,
                  {"size_bytes": upload.size_bytes, "reason": reason})
-        request_run(upload.partition_key, kind.name, upload.source_name, reason=reason)
+        seconds = kind.media_seconds(path) if kind.media_seconds and reason is None else None
+        request_run(upload.partition_key, kind.name, upload.source_name, reason=reason,
+                    media_seconds=seconds)
     return Accepted(upload, new=not exists, run_requested=True)
 
 
@@ -263,6 +266,8 @@ def waiting_request(media_id: str, instance: dg.DagsterInstance) -> dict[str, An
     waiting = pending_request(media_id)
     if waiting is None:
         return None
+    if not waiting.get("reason"):  # a first run, alone or in a batch run
+        return None if has_first_run(instance, media_id) else waiting
     try:
         run_key = run_request_for(waiting)[0].run_key
     except (ValueError, KeyError, TypeError):

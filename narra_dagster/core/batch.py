@@ -28,13 +28,26 @@ Why not Dagster's own multi-partition runs (``BackfillPolicy.single_run()``): th
 a range of partitions, and dynamic partitions added one upload at a time are rarely a contiguous
 range; and one bad item would fail the step, so every item of the run, at once.
 
-The sensor keeps one run per upload (isolation: one bad file never shares a process with another);
-``narra process`` uses a batch run when it is given several items of one kind.
+Who launches batch runs: ``narra process`` when it is given several items of one kind, and the
+upload sensors (inbox, S3, the HTTP API's run requests) for the new items of one kind a tick
+finds, cut by :func:`plan_batches` into runs of at most :data:`MAX_BATCH_ITEMS` items and
+:data:`MAX_BATCH_MEDIA_S` seconds of declared media. One new item alone, a renamed or restored
+item, a retry, a backfill: per-item runs, as before.
+
+Crashes: a run whose worker dies (killed, out of memory) is failed by run monitoring and started
+again by Dagster's run retries with the same run config. Each item's start and end are written
+to the run's event log (an engine event with ``narra/item`` metadata), so the new attempt reads
+its ancestors' logs (:func:`resume_plan`) and processes only the items no attempt finished; the
+items finished before are carried into its results as they ended. An item that was in progress
+when two attempts died is not tried a third time among the others: it is handed to the
+``run_request_sensor`` to run alone, in its own per-item run, so it cannot hold the others back.
 """
 
 
+import hashlib
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +60,18 @@ if TYPE_CHECKING:
     from narra_dagster.core.kind import MediaKind
 
 BATCH_TAG = "narra/batch_size"
+
+MAX_BATCH_ITEMS = 50
+"""Items in one sensor-launched batch run: enough that start-up (process, imports, model loads:
+about 8 s) is paid once for many photos, few enough that a crash or a deploy loses little and
+the run's tags and config stay small."""
+
+MAX_BATCH_MEDIA_S = 30 * 60.0
+"""Seconds of audio/video (as their containers declare) in one batch run: a 2-hour recording
+runs alone instead of holding 49 photos behind it for half an hour of transcription."""
+
+ITEM_MARK = "narra/item"
+"""Metadata key of the engine events that mark an item's start and end in a batch run."""
 
 
 def batch_item_tag(key: str) -> str:
@@ -64,12 +89,60 @@ class ItemResult:
     """One item of a batch run: ``status`` succeeded | failed, seconds per stage (asset name)."""
 
     partition_key: str
-    status: str = "pending"
+    status: str = "pending"  # succeeded | failed | isolated (handed to a run of its own)
     stage: str | None = None  # the stage that failed
     error: str | None = None
     error_class: str | None = None
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None  # the attempt that finished it, when an earlier one did
+
+
+def plan_batches(items: Sequence[tuple[str, float | None]], *, max_items: int = MAX_BATCH_ITEMS,
+                 max_media_s: float = MAX_BATCH_MEDIA_S) -> list[list[str]]:
+    """Cut new items, in arrival order, into batch runs.
+
+    Args:
+        items: ``(partition key, declared media seconds or None)``; None (an image, a PDF, a
+            file whose container declares nothing) counts as 0 s.
+        max_items: at most this many items per batch.
+        max_media_s: a batch closes before an item that would take it past this many seconds
+            of media; an item longer than that on its own is a batch of one.
+
+    Returns:
+        Lists of partition keys, every key once, in the order given.
+    """
+    batches: list[list[str]] = []
+    current: list[str] = []
+    seconds = 0.0
+    for key, media_s in items:
+        media_s = max(0.0, media_s or 0.0)
+        if current and (len(current) >= max_items or seconds + media_s > max_media_s):
+            batches.append(current)
+            current, seconds = [], 0.0
+        current.append(key)
+        seconds += media_s
+    if current:
+        batches.append(current)
+    return batches
+
+
+def batch_run_request(kind: "MediaKind", keys: Sequence[str], launched_by: str) -> dg.RunRequest:
+    """The ``RunRequest`` of a sensor-launched batch run of ``keys`` (two or more).
+
+    Its run key, ``<kind>:batch:<hash of the keys>:v<pipeline version>``, is the same whenever
+    the same items are asked for, so a tick evaluated twice starts one run; the sensors ask only
+    for items whose partitions are new, so an item is in one first run. Each item is tagged
+    (:func:`batch_item_tag`) so ``narra status`` and the API find its run.
+    """
+    from narra_dagster import PIPELINE_VERSION
+
+    digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+    return dg.RunRequest(
+        run_key=f"{kind.name}:batch:{digest}:v{PIPELINE_VERSION}", job_name=kind.batch_job_name,
+        run_config=batch_run_config(kind.name, list(keys)),
+        tags={BATCH_TAG: str(len(keys)), "narra/kind": kind.name, "narra/launched_by": launched_by,
+              **{batch_item_tag(k): "1" for k in keys}})
 
 
 class BatchConfig(dg.Config):
@@ -142,16 +215,109 @@ class _ItemLog:
             self._lines = []
 
 
+@dataclass
+class ResumePlan:
+    """What a batch run does with its keys, given the attempts of the same run that crashed
+    before it (its parent runs, which Dagster's run retries record)."""
+
+    run: list[str]
+    """Keys to process now, in the configured order."""
+    carried: list[ItemResult]
+    """Items an earlier attempt finished (succeeded or failed), as they ended there."""
+    alone: list[str]
+    """Keys in progress when two or more attempts died: each gets a run of its own."""
+    crashed_attempts: list[str]
+    """Run ids of the earlier attempts, newest first."""
+
+
+def resume_plan(instance: dg.DagsterInstance, run: dg.DagsterRun, keys: Sequence[str],
+                *, crashes_before_alone: int = 2) -> ResumePlan:
+    """Read the item marks of ``run``'s earlier attempts and split ``keys`` into the items to
+    process now, those already finished, and those to run alone.
+
+    An item counts as a crash of an attempt when that attempt marked its start and not its end.
+
+    Args:
+        run: the batch run now starting; ``run.parent_run_id`` is set on a retry.
+        crashes_before_alone: attempts an item may take down before it is run alone.
+    """
+    attempts: list[str] = []
+    parent_id = run.parent_run_id
+    while parent_id and parent_id not in attempts:
+        attempts.append(parent_id)
+        parent = instance.get_run_by_id(parent_id)
+        parent_id = parent.parent_run_id if parent else None
+    finished: dict[str, ItemResult] = {}
+    crashes: Counter[str] = Counter()
+    for attempt in reversed(attempts):  # oldest first: a later end wins
+        marks = dagster_private.item_marks(instance, attempt)
+        started = {m["narra/item"] for m in marks if m.get("narra/item_event") == "started"}
+        ended = {m["narra/item"]: m for m in marks if m.get("narra/item_event") == "ended"}
+        for key, mark in ended.items():
+            finished[key] = ItemResult(
+                partition_key=key, status=mark.get("status", "failed"),
+                stage=mark.get("stage") or None, error=mark.get("error") or None,
+                error_class=mark.get("error_class") or None,
+                seconds=float(mark.get("seconds") or 0.0), run_id=attempt)
+        crashes.update(started - set(ended))
+    todo = [k for k in keys if k not in finished]
+    alone = [k for k in todo if crashes[k] >= crashes_before_alone]
+    return ResumePlan(run=[k for k in todo if k not in alone],
+                      carried=[finished[k] for k in keys if k in finished], alone=alone,
+                      crashed_attempts=attempts)
+
+
+def _run_alone(context: dg.OpExecutionContext, kind: "MediaKind", key: str,
+               plan: ResumePlan) -> ItemResult:
+    """Hand ``key`` to the run request sensor for a per-item run of its own."""
+    # A call-time import (core never imports defs at top level): the run request file is the
+    # one way a run worker can ask for a new run (see narra_dagster.defs.intake.requests).
+    from narra_dagster.defs.intake.requests import request_run
+
+    root = context.dagster_run.root_run_id or context.run_id
+    try:
+        name = context.resources.media_store.manifest(key).get("source_name") or key
+    except Exception:  # noqa: BLE001 - the name is only a tag
+        name = key
+    request_run(key, kind.name, name, reason=f"alone-after-{root[:8]}")
+    runs = ", ".join(r[:8] for r in plan.crashed_attempts)
+    message = (f"{key} was being processed each time runs {runs} died: it now runs alone, in a "
+               "run of its own, so it cannot hold the other items back")
+    context.log.warning(message)
+    return ItemResult(partition_key=key, status="isolated", error=message,
+                      error_class="crashed_runs")
+
+
+def _mark(context: dg.OpExecutionContext, key: str, event: str, item: ItemResult | None = None):
+    fields = {"narra/item": key, "narra/item_event": event}
+    if item is not None:
+        fields.update({"status": item.status, "stage": item.stage or "",
+                       "error": (item.error or "")[:2000], "error_class": item.error_class or "",
+                       "seconds": str(item.seconds)})
+    dagster_private.report_item_mark(context, f"{event} {key}", fields)
+
+
 def run_items(context: dg.OpExecutionContext, kind: "MediaKind", keys: Iterable[str],
               results: list[ItemResult]):
     """Generator behind a batch op: process ``keys`` through the kind's stages and yield the
     events (materializations and check evaluations, one per item and stage).
 
-    Appends one :class:`ItemResult` per key to ``results``. Never raises for an item's failure.
+    Appends one :class:`ItemResult` per key to ``results``: on a retry of a crashed run, the
+    items an earlier attempt finished as they ended there, and the items run alone as
+    ``isolated`` (see :func:`resume_plan`). Never raises for an item's failure.
     """
     stages = kind.stages
     instance = context.instance
-    for key in keys:
+    keys = list(keys)
+    plan = resume_plan(instance, context.dagster_run, keys)
+    if plan.crashed_attempts:
+        context.log.info(
+            f"attempt {len(plan.crashed_attempts) + 1} of this batch: {len(plan.carried)} items "
+            f"finished before are kept, {len(plan.run)} to process, {len(plan.alone)} to run alone")
+    results.extend(plan.carried)
+    for key in plan.alone:
+        results.append(_run_alone(context, kind, key, plan))
+    for key in plan.run:
         item = ItemResult(partition_key=key)
         results.append(item)
         started = time.perf_counter()
@@ -159,7 +325,9 @@ def run_items(context: dg.OpExecutionContext, kind: "MediaKind", keys: Iterable[
             item.status, item.error_class = "failed", "unknown_partition"
             item.error = f"{key} is not a registered {kind.partitions.name} partition"
             context.log.error(f"[{item.error_class}] {item.error}")
+            _mark(context, key, "ended", item)
             continue
+        _mark(context, key, "started")
         item_log = _ItemLog(context.log, key)
         for position, stage in enumerate(stages):
             stage_started = time.perf_counter()
@@ -188,14 +356,16 @@ def run_items(context: dg.OpExecutionContext, kind: "MediaKind", keys: Iterable[
             item.status = "succeeded"
             item_log.flush()
         item.seconds = round(time.perf_counter() - started, 3)
+        _mark(context, key, "ended", item)
 
 
 def _items_metadata(results: list[ItemResult]) -> dict[str, Any]:
-    failed = [r for r in results if r.status != "succeeded"]
+    failed = [r for r in results if r.status == "failed"]
     return {
         "items": dg.MetadataValue.int(len(results)),
-        "succeeded": dg.MetadataValue.int(len(results) - len(failed)),
+        "succeeded": dg.MetadataValue.int(sum(r.status == "succeeded" for r in results)),
         "failed": dg.MetadataValue.int(len(failed)),
+        "run_alone": dg.MetadataValue.int(sum(r.status == "isolated" for r in results)),
         "seconds": dg.MetadataValue.float(round(sum(r.seconds for r in results), 3)),
         "results": dg.MetadataValue.json([asdict(r) for r in results]),
     }
@@ -213,8 +383,9 @@ def build_batch_job(kind: "MediaKind") -> dg.JobDefinition:
         results: list[ItemResult] = []
         yield from run_items(context, kind, config.partition_keys, results)
         metadata = _items_metadata(results)
-        failed = [r for r in results if r.status != "succeeded"]
-        context.log.info(f"{len(results) - len(failed)} of {len(results)} {kind.name} items succeeded")
+        failed = [r for r in results if r.status == "failed"]
+        succeeded = sum(r.status == "succeeded" for r in results)
+        context.log.info(f"{succeeded} of {len(results)} {kind.name} items succeeded")
         if failed:
             raise dg.Failure(
                 description=f"{len(failed)} of {len(results)} items failed: " + "; ".join(
@@ -236,6 +407,14 @@ def build_batch_job(kind: "MediaKind") -> dg.JobDefinition:
 def batch_run_config(kind_name: str, keys: list[str], extra: dict | None = None) -> dict:
     """The run config of a batch run of ``keys`` (merged over ``extra``, e.g. logger config)."""
     return {**(extra or {}), "ops": {batch_op_name(kind_name): {"config": {"partition_keys": list(keys)}}}}
+
+
+def requested_keys(request: dg.RunRequest) -> list[str]:
+    """The partition keys a run request asks for: its partition, or a batch run's keys."""
+    if request.partition_key:
+        return [request.partition_key]
+    ops = (request.run_config or {}).get("ops", {})
+    return [k for op in ops.values() for k in op.get("config", {}).get("partition_keys", [])]
 
 
 def batch_keys(run: dg.DagsterRun) -> list[str]:

@@ -19,8 +19,11 @@ does not offer (checked against Dagster 1.13):
    ``RunFailureReason.UNEXPECTED_TERMINATION`` (``dagster._core.events.JobFailureData``), what
    run monitoring records for a lost worker, so that ``run_retries`` retries it (a run failed by
    a step is not retried with ``retry_on_asset_or_op_failure: false``).
+4. **Item marks in a batch run's event log**: engine events with metadata
+   (``dagster._core.events.EngineEventData``) at each item's start and end, which a retry of a
+   crashed batch run reads to resume after the items already finished.
 
-``tests/test_dagster_private.py`` exercises all three against the installed Dagster and fails loudly
+``tests/test_dagster_private.py`` exercises all four against the installed Dagster and fails loudly
 when an upgrade changes them; that is why ``pyproject.toml`` pins ``dagster<1.14``.
 """
 
@@ -111,3 +114,28 @@ def report_lost_run_worker(instance: dg.DagsterInstance, run: dg.DagsterRun, mes
 
     instance.report_run_failed(run, message=message, job_failure_data=JobFailureData(
         error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION))
+
+
+def report_item_mark(context: dg.OpExecutionContext, message: str,
+                     metadata: dict[str, str]) -> None:
+    """Write an engine event carrying ``metadata`` (strings) into this op's run's event log: a
+    batch run marks each item's start and end so a retry of a crashed run knows where it died
+    (:func:`narra_dagster.core.batch.resume_plan`). Engine events are the only event a step can
+    add to its run's log with structured metadata and no asset attached."""
+    from dagster._core.events import EngineEventData
+
+    context.instance.report_engine_event(
+        message, context.dagster_run,
+        EngineEventData(metadata={k: dg.MetadataValue.text(v) for k, v in metadata.items()}),
+        step_key=context.get_step_execution_context().step.key)
+
+
+def item_marks(instance: dg.DagsterInstance, run_id: str) -> list[dict[str, str]]:
+    """The item marks (see :func:`report_item_mark`) of one run, in the order written."""
+    marks = []
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        data = record.dagster_event.event_specific_data
+        metadata = getattr(data, "metadata", None) or {}
+        if "narra/item" in metadata:
+            marks.append({k: getattr(v, "value", v) for k, v in metadata.items()})
+    return marks

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -44,6 +45,9 @@ class MediaKind:
             model, say); they join the definitions but not the jobs.
         aliases: other words people use for the kind (``"photo"``, ``"audio"``), accepted by
             ``--kind`` as are its plural and its extensions without the dot (``"pdf"``).
+        media_seconds: ``path -> seconds or None``: the duration a file declares (its container
+            header, read in milliseconds), which caps the media in one batch run; None for kinds
+            whose items take about the same time each. Never raises: None when unknown.
     """
 
     name: str
@@ -54,6 +58,7 @@ class MediaKind:
     description: str
     extra_assets: tuple[dg.AssetsDefinition, ...] = field(default=())
     aliases: tuple[str, ...] = field(default=())
+    media_seconds: Callable[[Path], float | None] | None = None
 
     @property
     def names_people_use(self) -> set[str]:
@@ -117,6 +122,8 @@ class MediaKind:
             reason: why an item already run is run again (``"renamed"``), part of the run key
                 so that it is a new run, once.
         """
+        from narra_dagster.core.batch import batch_item_tag  # batch imports this module
+
         run_key = self.run_key(upload.partition_key)
         if reason:  # the name (hashed: any bytes a file system allows) makes it once per name
             run_key += f":{reason}:{hashlib.sha256(upload.source_name.encode()).hexdigest()[:12]}"
@@ -124,7 +131,7 @@ class MediaKind:
             run_key=run_key, job_name=self.job_name,
             partition_key=upload.partition_key,
             tags={"narra/source_name": printable(upload.source_name)[:63] or "-",
-                  "narra/kind": self.name})
+                  "narra/kind": self.name, batch_item_tag(upload.partition_key): "1"})
 
     def __repr__(self) -> str:
         return f"MediaKind({self.name!r})"

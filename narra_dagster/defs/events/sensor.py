@@ -124,7 +124,8 @@ def batch_domain_events(instance: dg.DagsterInstance, run: dg.DagsterRun,
     ``<stage>.completed`` per ``AssetMaterialization(partition=item)`` the run logged, then, once
     the run has ended, ``analysis.completed`` or the failed stage and ``analysis.failed`` with its
     classified error from the run's per-item results. Ids also name the item, so redelivery stays
-    harmless.
+    harmless. An item finished by an earlier attempt of a crashed run, or handed to a run of its
+    own, gets no final event from this run: the run that finished it says it.
 
     Returns:
         (events, complete): ``complete`` is False while the run has not ended (its items' final
@@ -168,6 +169,9 @@ def batch_domain_events(instance: dg.DagsterInstance, run: dg.DagsterRun,
     for key in keys:
         result = results.get(key)
         at = ended.timestamp
+        if result and (result.get("status") == "isolated"
+                       or result.get("run_id") not in (None, run.run_id)):
+            continue  # run alone now, or finished by an earlier attempt: told there
         if result and result.get("status") == "succeeded":
             per_item[key].append(item_event(ev.COMPLETED, key, at))
             continue

@@ -3,15 +3,17 @@
 One tick:
 
 1. Files registered by the previous tick (listed in the cursor with their partition key, size
-   and modification time) are moved from the inbox to ``inbox/.processed/<partition key>/``. They are moved only now, after Dagster has committed
-   that tick's partitions, run requests and cursor together, so a daemon crash mid-tick can never
+   and modification time) are moved from the inbox to ``inbox/.processed/<partition key>/``.
+   They are moved only now, after Dagster has committed that tick's partitions, run requests and cursor together, so a daemon crash mid-tick can never
    leave a file moved but unregistered: nothing a user dropped is lost.
 2. Stable files (unchanged for ``stable_seconds``; not hidden, not ``.part``/``.tmp``) are taken,
    oldest first, up to ``max_per_tick``: hashed into a partition key, copied into the media store,
-   and answered with one ``AddDynamicPartitionsRequest`` per kind and one ``RunRequest`` per new
-   item whose ``run_key`` is ``<kind>:<key>:v<pipeline version>``. A file whose bytes are already
-   a partition starts no second run. A file of an unknown type is moved to
-   ``inbox/.rejected/`` with a ``.reason.txt`` beside it.
+   and answered with one ``AddDynamicPartitionsRequest`` per kind and the runs of the new items:
+   one batch run per kind for up to 50 items or 30 minutes of media
+   (:class:`narra_dagster.defs.intake.uploads.NewItems`), or a per-item run whose ``run_key`` is
+   ``<kind>:<key>:v<pipeline version>`` for an item alone. A file whose bytes are already a
+   partition starts no second run. A file of an unknown type is moved to ``inbox/.rejected/``
+   with a ``.reason.txt`` beside it.
 """
 
 
@@ -30,7 +32,7 @@ from narra_dagster.resources.media_store import MediaStore
 
 @dg.sensor(
     name="upload_sensor",
-    jobs=[kind.job for kind in registry.KINDS],
+    jobs=[job for kind in registry.KINDS for job in (kind.job, kind.batch_job)],
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Registers each new file in the inbox as a partition and starts its run.",
@@ -48,7 +50,7 @@ def upload_sensor(
     for name, why in sorted(skipped.items())[:10]:
         context.log.info(f"skipped {printable(name)}: {why}")
     registered: dict[str, tuple[str, int, int]] = {}
-    new = NewItems(context.instance)
+    new = NewItems(context.instance, "upload_sensor")
     rejected = 0
     for entry in stable[: inbox.max_per_tick]:
         try:
@@ -63,12 +65,12 @@ def upload_sensor(
             context.log.warning(f"could not read {printable(entry.name)} yet: {exc}")
             continue
         registered[entry.name] = (upload.partition_key, stat.st_size, stat.st_mtime_ns)
-        new.add(upload)
+        new.add(upload, Path(entry.path))
 
     waiting = max(0, len(stable) - inbox.max_per_tick)
-    summary = (f"{len(new.run_requests)} new, {new.already} already known, {rejected} rejected, "
-               f"{moved} moved to processed, {unstable} still being written, {waiting} waiting, "
-               f"{len(skipped)} skipped (not regular files)")
+    summary = (f"{new.new_items} new in {len(new.run_requests)} runs, {new.already} already known, "
+               f"{rejected} rejected, {moved} moved to processed, {unstable} still being written, "
+               f"{waiting} waiting, {len(skipped)} skipped (not regular files)")
     context.log.info(summary)
     return new.sensor_result(
         json.dumps({"registered": registered, "last_tick": summary}, sort_keys=True), summary)

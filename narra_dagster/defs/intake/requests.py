@@ -4,8 +4,10 @@ The API process stores an upload through the same intake as the inbox sensor
 (:func:`narra_dagster.defs.intake.uploads.store_upload`) and adds its partition at once, so the
 item is listed (``queued``) from the moment its upload ends. It never runs anything itself:
 :func:`request_run` writes one small JSON file per item under ``$NARRA_HOME/requests/``, and
-the ``run_request_sensor`` turns each file into a ``RunRequest`` of the item's per-item job on
-its next tick (every second). Its run is then an ordinary queued Dagster run: in the UI, under
+the ``run_request_sensor`` turns the files into runs on its next tick (Dagster's sensor loop
+looks every 5 s): the first runs of new items of one kind as batch runs (up to 50 items or 30
+minutes of media, :func:`narra_dagster.core.batch.plan_batches`), an item alone or run again (a
+retry, a rename) in a per-item run. Its run is then an ordinary queued Dagster run: in the UI, under
 the run coordinator's limits and pools, retried by run retries, seen by the domain events
 sensor.
 
@@ -33,6 +35,7 @@ from typing import Any
 import dagster as dg
 
 from narra_dagster import registry, settings
+from narra_dagster.core.batch import batch_item_tag, batch_run_request, plan_batches
 from narra_dagster.core.kind import printable
 from narra_dagster.core.media import is_partition_key
 
@@ -40,7 +43,7 @@ MAX_PER_TICK = 200
 
 
 def request_run(media_id: str, kind: str, source_name: str, *, reason: str | None = None,
-                folder: Path | None = None) -> Path:
+                media_seconds: float | None = None, folder: Path | None = None) -> Path:
     """Ask the ``run_request_sensor`` to run one item's per-item job.
 
     Args:
@@ -50,6 +53,8 @@ def request_run(media_id: str, kind: str, source_name: str, *, reason: str | Non
         reason: None for an item's first run; for any later run a word naming why
             (``retry-<n>``, ``renamed-...``, ``restored-...``), which becomes part of the run key
             so the run happens once per reason.
+        media_seconds: the duration the file declares, when its kind declares one; sizes the
+            batch run the item joins.
         folder: default ``$NARRA_HOME/requests``.
 
     Returns:
@@ -66,7 +71,7 @@ def request_run(media_id: str, kind: str, source_name: str, *, reason: str | Non
     folder = folder or settings.requests_dir()
     folder.mkdir(parents=True, exist_ok=True)
     record = {"media_id": media_id, "kind": registry.get(kind).name, "source_name": source_name,
-              "reason": reason,
+              "reason": reason, "media_seconds": media_seconds,
               "requested_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")}
     path = folder / f"{media_id}.json"
     tmp = folder / f".{media_id}.{os.getpid()}.tmp"
@@ -84,6 +89,12 @@ def pending_request(media_id: str, folder: Path | None = None) -> dict[str, Any]
         return None
 
 
+def has_first_run(instance: dg.DagsterInstance, media_id: str) -> bool:
+    """Whether an item's first run exists: a per-item or batch run tagged with the item
+    (:func:`narra_dagster.core.batch.batch_item_tag`). One indexed query on the run tags."""
+    return bool(instance.get_run_ids(dg.RunsFilter(tags={batch_item_tag(media_id): "1"}), limit=1))
+
+
 def run_request_for(request: dict[str, Any]) -> tuple[dg.RunRequest, registry.MediaKind]:
     """The ``RunRequest`` of one request record (see :func:`request_run`).
 
@@ -99,12 +110,12 @@ def run_request_for(request: dict[str, Any]) -> tuple[dg.RunRequest, registry.Me
     name = printable(request.get("source_name") or "")[:63] or "-"
     return dg.RunRequest(run_key=run_key, job_name=kind.job_name, partition_key=key,
                          tags={"narra/source_name": name, "narra/kind": kind.name,
-                               "narra/launched_by": "narra serve"}), kind
+                               "narra/launched_by": "narra serve", batch_item_tag(key): "1"}), kind
 
 
 @dg.sensor(
     name="run_request_sensor",
-    jobs=[kind.job for kind in registry.KINDS],
+    jobs=[job for kind in registry.KINDS for job in (kind.job, kind.batch_job)],
     minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Starts the runs the HTTP API asked for (uploads, retries): one run per request "
@@ -126,11 +137,13 @@ def run_request_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         files = []
     taken: dict[str, int] = {}
     run_requests: list[dg.RunRequest] = []
+    first: dict[str, list[tuple[dg.RunRequest, float | None]]] = {}
     adds: dict[str, list[str]] = {}
     for path in files[:MAX_PER_TICK]:
         try:
             mtime_ns = path.stat().st_mtime_ns
-            request, kind = run_request_for(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
+            request, kind = run_request_for(record)
         except FileNotFoundError:
             continue
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -140,10 +153,21 @@ def run_request_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
             context.log.warning(f"moved unreadable run request {path.name} aside: "
                                 f"{type(exc).__name__}: {exc}")
             continue
-        if not context.instance.has_dynamic_partition(kind.partitions.name, request.partition_key):
-            adds.setdefault(kind.name, []).append(request.partition_key)
-        run_requests.append(request)
         taken[path.name] = mtime_ns
+        key = request.partition_key
+        if not context.instance.has_dynamic_partition(kind.partitions.name, key):
+            adds.setdefault(kind.name, []).append(key)
+        if record.get("reason"):
+            run_requests.append(request)
+        elif not has_first_run(context.instance, key):  # a tick evaluated twice runs it once
+            seconds = record.get("media_seconds")
+            first.setdefault(kind.name, []).append(
+                (request, float(seconds) if isinstance(seconds, (int, float)) else None))
+    for kind_name, items in first.items():  # first runs: batched per kind
+        by_key = {r.partition_key: r for r, _ in items}
+        for keys in plan_batches([(r.partition_key, s) for r, s in items]):
+            run_requests.append(by_key[keys[0]] if len(keys) == 1 else
+                                batch_run_request(registry.get(kind_name), keys, "narra serve"))
     summary = f"{len(run_requests)} run requests taken, {max(0, len(files) - MAX_PER_TICK)} waiting"
     if run_requests:
         context.log.info(summary)

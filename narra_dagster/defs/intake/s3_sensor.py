@@ -10,9 +10,9 @@ One tick:
    is waited for. At most ``max_per_tick`` objects, oldest first.
 3. Each taken object is downloaded to a temporary file and stored like an inbox file
    (``store_upload``: content hash -> partition key, copy into the media store, manifest with
-   ``s3://`` source), answered with one ``AddDynamicPartitionsRequest`` per kind and one
-   ``RunRequest`` per new item. The run key ``<kind>:<partition key>:v<pipeline version>`` is the
-   inbox sensor's, so the same bytes uploaded both ways, or twice, never run twice.
+   ``s3://`` source), answered with one ``AddDynamicPartitionsRequest`` per kind and the new
+   items' runs, batched per kind as the inbox sensor batches them. Only new partitions get a
+   run, so the same bytes uploaded both ways, or twice, never run twice.
 4. ``since`` moves to the oldest object not yet taken (or the newest listed when all were), so
    an object that was still changing, or over the cap, is listed again next tick.
 
@@ -52,7 +52,7 @@ def s3_upload_tick(context: dg.SensorEvaluationContext, s3_inbox, media_store: M
     picked = stable[: s3_inbox.max_per_tick]
     picked_keys = {o["Key"] for o in picked}
 
-    new = NewItems(context.instance)
+    new = NewItems(context.instance, "s3_upload_sensor")
     rejected = 0
     for obj in picked:
         name = PurePosixPath(obj["Key"]).name
@@ -66,7 +66,7 @@ def s3_upload_tick(context: dg.SensorEvaluationContext, s3_inbox, media_store: M
                 context.log.warning(f"rejected {_uri(s3_inbox, printable(obj['Key']))}: [{exc.code}] {exc}")
                 rejected += 1
                 continue
-        new.add(upload)
+            new.add(upload, local)
 
     remaining = [o for o in fresh if o["Key"] not in picked_keys]
     if remaining:
@@ -78,8 +78,8 @@ def s3_upload_tick(context: dg.SensorEvaluationContext, s3_inbox, media_store: M
     new_taken.update({o["Key"]: o["ETag"] for o in picked})
     new_seen = {o["Key"]: [o["Size"], o["ETag"]] for o in remaining}
     waiting = len(remaining) - sum(1 for o in remaining if seen.get(o["Key"]) != [o["Size"], o["ETag"]])
-    summary = (f"{len(new.run_requests)} new, {new.already} already known, {rejected} rejected, "
-               f"{len(new_seen) - waiting} not yet stable, {waiting} waiting for the next tick")
+    summary = (f"{new.new_items} new in {len(new.run_requests)} runs, {new.already} already known, "
+               f"{rejected} rejected, {len(new_seen) - waiting} not yet stable, {waiting} waiting for the next tick")
     context.log.info(summary)
     return new.sensor_result(
         json.dumps({"since": new_since, "taken": new_taken, "seen": new_seen,
@@ -98,7 +98,7 @@ def build_s3_upload_sensor() -> dg.SensorDefinition:
 
     @dg.sensor(
         name="s3_upload_sensor",
-        jobs=[kind.job for kind in registry.KINDS],
+        jobs=[job for kind in registry.KINDS for job in (kind.job, kind.batch_job)],
         minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Registers each new object under the S3 inbox prefix as a partition and starts its run.",

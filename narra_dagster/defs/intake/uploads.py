@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from narra_dagster import registry
+from narra_dagster.core.batch import batch_run_request, plan_batches
 from narra_dagster.core.errors import BadInputError
 from narra_dagster.core.kind import MediaKind
 from narra_dagster.core.media import KEY_LENGTH, file_sha256
@@ -117,19 +118,29 @@ class NewItems:
     """What one sensor tick asks Dagster for: the partitions of new contents and their runs.
 
     A content already a partition (uploaded before, or twice in this tick) adds nothing; so
-    does its run key, which is idempotent per item anyway.
+    does its run key, which is idempotent per item anyway. The new items of one kind become
+    batch runs (:func:`narra_dagster.core.batch.plan_batches`: at most 50 items or 30 minutes
+    of declared media each); an item alone in its batch, or run again (renamed to fit, restored
+    after a delete), gets a per-item run.
+
+    Args:
+        instance: the Dagster instance (its partitions say what is new).
+        launched_by: the ``narra/launched_by`` tag of the runs (the sensor's name).
     """
 
-    def __init__(self, instance: dg.DagsterInstance):
+    def __init__(self, instance: dg.DagsterInstance, launched_by: str):
         self._instance = instance
+        self._launched_by = launched_by
         self._keys: dict[str, list[str]] = {}
-        self.run_requests: list[dg.RunRequest] = []
+        self._first: dict[str, list[tuple[Upload, float | None]]] = {}
+        self._again: list[dg.RunRequest] = []
         self.already = 0
 
-    def add(self, upload: Upload) -> bool:
+    def add(self, upload: Upload, path: Path | None = None) -> bool:
         """Take one stored upload; True when it is a new item (its partition and run asked), or
         an item that failed only because of its name and now has one that fits (run again,
-        under a run key naming the fix)."""
+        under a run key naming the fix). ``path``: the file, still readable, so a kind that
+        declares durations (:attr:`MediaKind.media_seconds`) can size its batch."""
         kind = registry.get(upload.kind)
         keys = self._keys.setdefault(kind.name, [])
         if upload.partition_key in keys:  # new this tick: its run reads every name it has
@@ -138,22 +149,43 @@ class NewItems:
         if self._instance.has_dynamic_partition(kind.partitions.name, upload.partition_key):
             self.already += 1
             if upload.renamed_to_fit:
-                self.run_requests.append(kind.run_request(upload, reason="renamed"))
+                self._again.append(kind.run_request(upload, reason="renamed"))
                 return True
             return False
         keys.append(upload.partition_key)
-        # An item deleted and uploaded again needs a run key its first upload did not use.
-        reason = f"restored-{upload.restored_after}" if upload.restored_after else None
-        self.run_requests.append(kind.run_request(upload, reason=reason))
+        if upload.restored_after:
+            # An item deleted and uploaded again needs a run key its first upload did not use.
+            self._again.append(kind.run_request(upload, reason=f"restored-{upload.restored_after}"))
+        else:
+            seconds = kind.media_seconds(path) if kind.media_seconds and path else None
+            self._first.setdefault(kind.name, []).append((upload, seconds))
         return True
+
+    @property
+    def run_requests(self) -> list[dg.RunRequest]:
+        """The tick's run requests: batch runs of new items per kind, then per-item runs."""
+        out: list[dg.RunRequest] = []
+        for kind_name, items in self._first.items():
+            kind = registry.get(kind_name)
+            uploads = {u.partition_key: u for u, _ in items}
+            for keys in plan_batches([(u.partition_key, s) for u, s in items]):
+                out.append(kind.run_request(uploads[keys[0]]) if len(keys) == 1
+                           else batch_run_request(kind, keys, self._launched_by))
+        return out + self._again
+
+    @property
+    def new_items(self) -> int:
+        """Items this tick asks a run for."""
+        return sum(len(items) for items in self._first.values()) + len(self._again)
 
     def sensor_result(self, cursor: str, summary: str) -> dg.SensorResult:
         """The tick's ``SensorResult``: one add request per kind, the run requests, the cursor,
         and a skip reason saying ``summary`` when nothing is new."""
+        run_requests = self.run_requests
         return dg.SensorResult(
-            run_requests=self.run_requests,
+            run_requests=run_requests,
             dynamic_partitions_requests=[registry.get(kind).partitions.build_add_request(keys)
                                          for kind, keys in self._keys.items() if keys],
             cursor=cursor,
-            skip_reason=None if self.run_requests else dg.SkipReason(f"nothing new: {summary}"),
+            skip_reason=None if run_requests else dg.SkipReason(f"nothing new: {summary}"),
         )

@@ -66,6 +66,19 @@ def _open(path: Path):
         raise BadInputError(f"FFmpeg cannot open the file: {exc}", code="corrupt_media") from exc
 
 
+def declared_seconds(path: Path) -> float | None:
+    """The duration a file's container header declares (seconds), or None when it declares
+    none or cannot be opened. Reads the header only (milliseconds for any length); a hostile
+    header can lie, so this only sizes batch runs, never limits work (see :func:`probe`)."""
+    import av
+
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            return container.duration / av.time_base if container.duration else None
+    except Exception:  # noqa: BLE001 - any unreadable file: unknown, its own stage will say why
+        return None
+
+
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 

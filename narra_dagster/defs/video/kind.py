@@ -13,4 +13,5 @@ VIDEO = MediaKind(
     extensions=avio.EXTENSIONS,
     aliases=("audio", "movie", "film", "clip", "recording", "sound", "speech", "podcast"),
     description="Every stage of one video or audio file, from the upload to its search index rows.",
+    media_seconds=avio.declared_seconds,
 )
