@@ -72,7 +72,7 @@ def by_inbox(cases, drop: Path, work: Path, env_extra: dict) -> list[dict]:
             text = reason.read_text()
             if text.split("\nfile: ", 1)[-1].rstrip("\n") == shown(name):
                 return text.split("]")[0].lstrip("[")
-        done = subprocess.run([sys.executable, "-m", "narra_dagster.cli", "status", "--json"],
+        done = subprocess.run([sys.executable, "-m", "narra_dagster.cli", "status", "--all", "--json"],
                               env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
         for item in json.loads(done.stdout or "[]"):
             if name in item["names"]:

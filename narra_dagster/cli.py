@@ -359,12 +359,27 @@ def catalog(
 @app.command()
 def status(
     media_id: Annotated[Optional[str], typer.Argument(help="A partition key or its prefix.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Items per page, newest first.")] = 20,
+    cursor: Annotated[Optional[str], typer.Option(
+        "--cursor", help="Show the page after the one that printed this cursor.")] = None,
+    show_all: Annotated[bool, typer.Option(
+        "--all", help="Every item at once (reads every item: slow past ~10,000).")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Per partition: each asset's last materialization, and the last run's outcome or error."""
-    from narra_dagster.app.status import partition_status
+    """Per item, newest first: each asset's last materialization, and the last run's outcome or
+    error. One page of --limit items (the same cost at 100 or 100,000 items); --all or a media
+    id prefix for more."""
+    from narra_dagster.app.status import partition_status, status_page
 
-    items = partition_status(_instance(), _defs(), media_id)
+    next_cursor = None
+    if media_id or show_all:
+        items = partition_status(_instance(), _defs(), media_id)
+    else:
+        try:
+            items, next_cursor = status_page(_instance(), _defs(), cursor=cursor, limit=limit)
+        except ValueError as exc:
+            err.print(f"[red]{escape(str(exc))}[/]")
+            raise typer.Exit(2)
     if as_json:
         out.print_json(json.dumps(items))
     else:
@@ -376,6 +391,9 @@ def status(
             table.add_row(item["kind"], escape(item["source_name"] or ""), item["state"],
                           f"{done}/{len(item['assets'])}", escape(error), item["media_id"])
         out.print(table)
+    if next_cursor:  # on stderr: --json stays one list
+        err.print(f"newest {len(items)} shown; next page: narra status --cursor {next_cursor}"
+                  f"{'' if limit == 20 else f' --limit {limit}'}", highlight=False)
     if media_id and not items:
         err.print(f"no partition matches {media_id!r}")
         raise typer.Exit(1)

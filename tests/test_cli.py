@@ -43,7 +43,7 @@ def test_readme_flow_process_then_search_then_status(home, tmp_path):
     assert abs(hit["start_s"] - spoken["start_s"]) < 2.0, (hit, spoken)
     assert {"end_s", "text", "score"} <= hit.keys()
 
-    status = _run(["narra", "status", "--json"], env)
+    status = _run(["narra", "status", "--all", "--json"], env)
     states = {i["source_name"]: i for i in json.loads(status.stdout)}
     assert states["sample_video.mp4"]["state"] == "searchable"
     assert all(states["sample_video.mp4"]["assets"].values())

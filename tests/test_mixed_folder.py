@@ -117,7 +117,7 @@ def test_a_hostile_corpus_ends_well_through_narra_process_and_the_inbox(tmp_path
 
         def finished():
             assert proc.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
-            status = subprocess.run(["narra", "status", "--json"], env=env_b, cwd=REPO,
+            status = subprocess.run(["narra", "status", "--all", "--json"], env=env_b, cwd=REPO,
                                     capture_output=True, text=True, timeout=120)
             items = json.loads(status.stdout or "[]")
             named = sum(len(i["names"]) for i in items)

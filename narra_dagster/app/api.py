@@ -14,7 +14,7 @@ Routes (OpenAPI docs at ``/api/docs``; errors are JSON ``{"error": {"code", "mes
 - ``GET /api/v1/search?q=&kind=&limit=&min_relevance=``: ``{"query", "hits", "no_good_match"}``,
   the hits with the fields of ``narra search --json``;
 - ``GET /api/v1/media?state=&kind=&cursor=&limit=``: items, newest first, paged
-  (``{"items", "next_cursor", "total"}``); ``GET /api/v1/media/{media_id}``: one item
+  (``{"items", "next_cursor"}``); ``GET /api/v1/media/{media_id}``: one item
   (:func:`item_view`; 404 for an unknown or deleted id); ``.../details``: with what its stages
   found (:mod:`narra_dagster.app.details`); ``POST .../retry``: a failed item's chain run again
   (409 when it is not failed); ``DELETE``: removed completely, as ``narra delete``;
@@ -308,12 +308,14 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         for item in partition_status(s.instance, s.defs, media_id):
             if media_id and item["media_id"] != media_id:
                 continue  # partition_status takes prefixes; the API takes whole ids
-            try:
-                manifest = store.manifest(item["media_id"]) if item["state"] != "deleted" else {}
-            except (FileNotFoundError, ValueError, OSError):
-                manifest = {}
-            out.append(item_view(item, manifest))
+            out.append(item_view(item, _manifest(store, item)))
         return out
+
+    def _manifest(store, item: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return store.manifest(item["media_id"]) if item["state"] != "deleted" else {}
+        except (FileNotFoundError, ValueError, OSError):
+            return {}
 
     def one(s: _Searcher, media_id: str, *, deleted: bool = False) -> dict[str, Any]:
         from narra_dagster.core.media import is_partition_key
@@ -329,13 +331,16 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
     def list_media(
         state: Annotated[str | None, Query(pattern="^(" + "|".join(STATES) + ")$")] = None,
         kind: Annotated[str | None, Query(description="video, image or document")] = None,
-        cursor: Annotated[int, Query(ge=0, description="Offset from the previous page's "
-                                                       "next_cursor.")] = 0,
+        cursor: Annotated[str | None, Query(max_length=2000, description="The previous page's "
+                                                                          "next_cursor.")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> dict[str, Any]:
         """Items, newest upload first, ``limit`` per page; ``next_cursor`` is null on the last
-        page. Without ``state``, only the page's items are looked up in Dagster; filtering by
-        ``state`` looks at every item."""
+        page. Without ``state`` a page costs the same however many items there are (see
+        :func:`narra_dagster.app.status.status_page`); filtering by ``state`` looks at every
+        item (a state is known only from Dagster's records), so it grows with their number."""
+        from narra_dagster.app.status import status_page
+
         s = loaded()
         if kind is not None:
             from narra_dagster.registry import UnknownKindError, get
@@ -344,37 +349,24 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
                 kind = get(kind).name
             except UnknownKindError as exc:
                 return error(422, "unknown_kind", str(exc))
-        if state is None:  # order by the manifests, then ask Dagster about this page only
-            order = _newest_first(s, kind)
-            page = [i for key in order[cursor:cursor + limit] for i in items(s, key)]
-            total = len(order)
-        else:  # a state is known only from Dagster's records: every item is looked at
-            every = [i for i in items(s) if i["state"] == state
-                     and (kind is None or i["kind"] == kind)]
-            every.sort(key=lambda i: i["ingested_at"] or i["deleted_at"] or "", reverse=True)
-            page, total = every[cursor:cursor + limit], len(every)
-        more = cursor + limit < total
-        return {"items": page, "next_cursor": cursor + limit if more else None, "total": total}
-
-    def _newest_first(s: _Searcher, kind: str | None) -> list[str]:
-        """Every item's media id (live partitions, then deleted items), newest upload or
-        deletion first, from the manifests and tombstones: no Dagster query per item."""
-        from narra_dagster import registry
-
         store = s.defs.resources["media_store"]
-        when: dict[str, str] = {}
-        for media_kind in registry.KINDS:
-            if kind is not None and media_kind.name != kind:
-                continue
-            for key in s.instance.get_dynamic_partitions(media_kind.partitions.name):
-                try:
-                    when[key] = store.manifest(key).get("ingested_at") or ""
-                except (FileNotFoundError, ValueError, OSError):
-                    when[key] = ""
-        for key, stone in store.tombstones().items():
-            if key not in when and (kind is None or stone.get("kind") == kind):
-                when[key] = stone.get("deleted_at") or ""
-        return sorted(when, key=lambda k: (when[k], k), reverse=True)
+        if state is None:
+            try:
+                found, next_cursor = status_page(s.instance, s.defs, kind=kind, cursor=cursor,
+                                                 limit=limit)
+            except ValueError as exc:
+                return error(400, "bad_cursor", str(exc))
+            page = [item_view(i, _manifest(store, i)) for i in found]
+            return {"items": page, "next_cursor": next_cursor}
+        try:
+            offset = int(cursor or 0)
+        except ValueError:
+            return error(400, "bad_cursor", f"not a cursor from a previous page: {cursor[:40]!r}")
+        every = [i for i in items(s) if i["state"] == state and (kind is None or i["kind"] == kind)]
+        every.sort(key=lambda i: i["ingested_at"] or i["deleted_at"] or "", reverse=True)
+        more = offset + limit < len(every)
+        return {"items": every[offset:offset + limit],
+                "next_cursor": str(offset + limit) if more else None}
 
     @app.get(f"{API_PREFIX}/media/{{media_id}}", tags=["media"],
              dependencies=[Depends(authorized)])

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+import json
 from typing import Any
 
 import dagster as dg
 
 from narra_dagster import registry
 from narra_dagster.core.batch import batch_item_tag, item_results
+from narra_dagster.core.kind import MediaKind
+from narra_dagster.core.media import is_partition_key
 from narra_dagster.core.runs import run_failure
 from narra_dagster.core.stage import names_of
 from narra_dagster.resources.media_store import MediaStore
@@ -23,70 +28,170 @@ def last_materialization(instance: dg.DagsterInstance, asset: str | dg.AssetKey,
     return records[0] if records else None
 
 
+def item_status(instance: dg.DagsterInstance, media_store: MediaStore, kind: MediaKind,
+                key: str) -> dict[str, Any]:
+    """One live item: source name and every name, each asset's last materialization, the last
+    run's outcome and the item's ``state`` (``registered``, ``queued``/``started``...,
+    ``searchable``, ``failed``). A fixed number of indexed queries (two per stage, two for the
+    runs), whatever the number of items."""
+    try:
+        manifest = media_store.manifest(key)
+    except (FileNotFoundError, ValueError):
+        manifest = {}
+    assets = {}
+    for stage in kind.stages:
+        record = last_materialization(instance, stage.key, key)
+        assets[stage.key.to_user_string()] = None if record is None else {
+            "materialized_at": _iso(record.timestamp), "run_id": record.run_id}
+    # The item's last run: its own run, or a batch run that listed it (tagged per item).
+    runs = [*instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": key}), limit=1),
+            *instance.get_run_records(dg.RunsFilter(tags={batch_item_tag(key): "1"}), limit=1)]
+    last_run = None
+    if runs:
+        run = max(runs, key=lambda r: r.create_timestamp).dagster_run
+        status = run.status.value
+        error, error_class = (run_failure(instance, run.run_id)
+                              if run.status == dg.DagsterRunStatus.FAILURE else (None, None))
+        if run.job_name == kind.batch_job_name:  # a batch run: this item's own outcome
+            item = next((i for i in item_results(instance, run.run_id)
+                         if i["partition_key"] == key), None)
+            if item is not None:
+                error, error_class = item["error"], item["error_class"]
+                # isolated: handed to a run of its own, which is queued or starting
+                status = {"succeeded": "SUCCESS", "isolated": "QUEUED"}.get(
+                    item["status"], "FAILURE")
+        last_run = {"run_id": run.run_id, "job": run.job_name, "status": status,
+                    "error": error, "error_class": error_class}
+    done = all(assets.values())
+    return {
+        "media_id": key, "kind": kind.name, "source_name": manifest.get("source_name"),
+        "names": [n["name"] for n in names_of(manifest)] if manifest else [],
+        "state": "failed" if last_run and last_run["status"] == "FAILURE"
+        else ("searchable" if done else (last_run["status"].lower() if last_run else "registered")),
+        "last_run": last_run, "assets": assets,
+    }
+
+
+def deleted_status(key: str, stone: dict[str, Any]) -> dict[str, Any]:
+    """A deleted item, from its tombstone: ``state`` ``deleted`` and when."""
+    names = stone.get("names") or []
+    return {"media_id": key, "kind": stone.get("kind"),
+            "source_name": names[0] if names else None, "names": names,
+            "state": "deleted", "deleted_at": stone.get("deleted_at"),
+            "last_run": None, "assets": {}}
+
+
 def partition_status(instance: dg.DagsterInstance, defs: dg.Definitions,
                      media_id: str | None = None) -> list[dict[str, Any]]:
-    """Per partition: source name and every name, each asset's last materialization, the last
-    run's outcome and the item's ``state`` (``registered``, ``queued``/``started``...,
-    ``searchable``, ``failed``); then every deleted item (``state`` ``deleted``, from its
-    tombstone).
+    """Every item (:func:`item_status`), then every deleted item (:func:`deleted_status`).
 
-    ``media_id`` may be a prefix of a partition key.
+    ``media_id`` may be a prefix of a partition key; a whole key is looked up directly. Without
+    one this reads every item: O(items), for ``narra status --all`` and exports; pages use
+    :func:`status_page`.
     """
     media_store: MediaStore = defs.resources["media_store"]  # type: ignore[assignment]
     items = []
     for media_kind in registry.KINDS:
-        kind = media_kind.name
-        chain = [stage.key for stage in media_kind.stages]
-        for key in instance.get_dynamic_partitions(media_kind.partitions.name):
-            if media_id and not key.startswith(media_id):
-                continue
-            try:
-                manifest = media_store.manifest(key)
-            except (FileNotFoundError, ValueError):
-                manifest = {}
-            source_name = manifest.get("source_name")
-            names = [n["name"] for n in names_of(manifest)] if manifest else []
-            assets = {}
-            for asset in chain:
-                record = last_materialization(instance, asset, key)
-                assets[asset.to_user_string()] = None if record is None else {
-                    "materialized_at": _iso(record.timestamp), "run_id": record.run_id}
-            # The item's last run: its own run, or a batch run that listed it (tagged per item).
-            runs = [*instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": key}), limit=1),
-                    *instance.get_run_records(dg.RunsFilter(tags={batch_item_tag(key): "1"}), limit=1)]
-            last_run = None
-            if runs:
-                run = max(runs, key=lambda r: r.create_timestamp).dagster_run
-                status = run.status.value
-                error, error_class = (run_failure(instance, run.run_id)
-                                      if run.status == dg.DagsterRunStatus.FAILURE else (None, None))
-                if run.tags.get(batch_item_tag(key)):  # a batch run: this item's own outcome
-                    item = next((i for i in item_results(instance, run.run_id)
-                                 if i["partition_key"] == key), None)
-                    if item is not None:
-                        error, error_class = item["error"], item["error_class"]
-                        # isolated: handed to a run of its own, which is queued or starting
-                        status = {"succeeded": "SUCCESS", "isolated": "QUEUED"}.get(
-                            item["status"], "FAILURE")
-                last_run = {"run_id": run.run_id, "job": run.job_name, "status": status,
-                            "error": error, "error_class": error_class}
-            done = all(assets.values())
-            items.append({
-                "media_id": key, "kind": kind, "source_name": source_name, "names": names,
-                "state": "failed" if last_run and last_run["status"] == "FAILURE"
-                else ("searchable" if done else (last_run["status"].lower() if last_run else "registered")),
-                "last_run": last_run, "assets": assets,
-            })
+        if media_id and is_partition_key(media_id):
+            keys = [media_id] if instance.has_dynamic_partition(
+                media_kind.partitions.name, media_id) else []
+        else:
+            keys = [k for k in instance.get_dynamic_partitions(media_kind.partitions.name)
+                    if not media_id or k.startswith(media_id)]
+        items += [item_status(instance, media_store, media_kind, key) for key in keys]
     listed = {item["media_id"] for item in items}
     for key, stone in sorted(media_store.tombstones().items()):
         if key in listed or (media_id and not key.startswith(media_id)):
             continue  # deleted, then uploaded again: the live item is what counts
-        names = stone.get("names") or []
-        items.append({"media_id": key, "kind": stone.get("kind"),
-                      "source_name": names[0] if names else None, "names": names,
-                      "state": "deleted", "deleted_at": stone.get("deleted_at"),
-                      "last_run": None, "assets": {}})
+        items.append(deleted_status(key, stone))
     return items
+
+
+def status_page(instance: dg.DagsterInstance, defs: dg.Definitions, *, kind: str | None = None,
+                cursor: str | None = None, limit: int = 50,
+                ) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of items, newest first: live items by upload, deleted ones by deletion.
+
+    What it costs does not grow with the number of items: per kind, one or two indexed queries
+    on Dagster's dynamic partitions table (``get_paginated_dynamic_partitions``, newest row
+    first), ``limit`` manifests read to interleave the kinds by upload time, and
+    :func:`item_status` for the ``limit`` items shown. Deleted items come from the tombstones
+    (one small file per deletion).
+
+    Args:
+        kind: only this kind's items (a registry name).
+        cursor: the ``next_cursor`` of the previous page; None for the first.
+        limit: items per page.
+
+    Returns:
+        (items, next_cursor): next_cursor is None on the last page.
+
+    Raises:
+        ValueError: for a cursor this function did not make.
+    """
+    media_store: MediaStore = defs.resources["media_store"]  # type: ignore[assignment]
+    kinds = [k for k in registry.KINDS if kind is None or k.name == kind]
+    state = _decode(cursor) if cursor else {"kinds": {}, "deleted": 0}
+    candidates: list[tuple[str, int, str, str]] = []  # (when, tie-break, source, key)
+    fetched: dict[str, Any] = {}
+    for media_kind in kinds:
+        position = state["kinds"].get(media_kind.name)
+        if position == "end":
+            continue
+        page = instance.get_paginated_dynamic_partitions(
+            media_kind.partitions.name, limit=limit, ascending=False, cursor=position)
+        fetched[media_kind.name] = (position, page)
+        newest = "\uffff"
+        for order, key in enumerate(page.results):
+            try:
+                when = media_store.manifest(key).get("ingested_at") or ""
+            except (FileNotFoundError, ValueError, OSError):
+                when = ""
+            # never newer than the row before it: what a page takes of a kind is a prefix of
+            # that kind's rows, so its cursor is exact
+            newest = min(newest, when)
+            candidates.append((newest, -order, media_kind.name, key))
+    tombstones = {key: stone for key, stone in media_store.tombstones().items()
+                  if kind is None or stone.get("kind") == kind}
+    stones = sorted(((stone.get("deleted_at") or "", key) for key, stone in tombstones.items()),
+                    reverse=True)
+    for when, key in stones[state["deleted"]:state["deleted"] + limit]:
+        candidates.append((when, 0, "deleted", key))
+    candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+    chosen = candidates[:limit]
+    taken = {source: sum(1 for c in chosen if c[2] == source)
+             for source in {c[2] for c in candidates}}
+    more = len(candidates) > limit
+    next_state = {"kinds": dict(state["kinds"]),
+                  "deleted": state["deleted"] + taken.get("deleted", 0)}
+    for name, (position, page) in fetched.items():
+        n = taken.get(name, 0)
+        if n == len(page.results):
+            next_state["kinds"][name] = page.cursor if page.has_more else "end"
+            more = more or page.has_more
+        elif n:  # part of this kind's rows shown: the cursor after exactly n of them
+            next_state["kinds"][name] = instance.get_paginated_dynamic_partitions(
+                registry.get(name).partitions.name, limit=n, ascending=False,
+                cursor=position).cursor
+    more = more or len(stones) > next_state["deleted"]
+    items = [deleted_status(key, tombstones[key]) if source == "deleted"
+             else item_status(instance, media_store, registry.get(source), key)
+             for _, _, source, key in chosen]
+    return items, _encode(next_state) if more else None
+
+
+def _encode(state: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(state, separators=(",", ":")).encode()).decode()
+
+
+def _decode(cursor: str) -> dict[str, Any]:
+    try:
+        state = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(state.get("kinds"), dict) or not isinstance(state.get("deleted"), int):
+            raise ValueError
+        return state
+    except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
+        raise ValueError(f"not a cursor from a previous page: {cursor[:40]!r}") from exc
 
 
 def _iso(timestamp: float) -> str:
