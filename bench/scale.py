@@ -25,16 +25,22 @@ Measured at each size:
    the daemon's tick runs, without its gRPC round trip and without applying the result):
    ``upload_sensor`` with an empty inbox and with 10 new small JPEGs (random bytes, so new
    items; their stored copies are removed after each tick), ``run_request_sensor`` with 10 request
-   files for existing items, ``domain_events_sensor`` with a cursor at now; median of 5, ms;
-2. ``narra status`` as a user runs it (a subprocess): default arguments, ``--json``, and
-   ``--limit 50`` when ``narra status --help`` offers it; wall seconds, or "timeout" past
-   ``--status-timeout`` (120 s; a variant that timed out is not run again at larger sizes);
-3. ``narra serve``'s item list ``GET /api/v1/media?limit=50`` (first page, then the page at its
+   files asking the first runs of 10 registered images (as after 10 uploads through the API),
+   ``domain_events_sensor`` with its cursor at now; median of 5, ms;
+2. the Dagster storage calls narra's item surfaces make per item (an asset partition's last
+   materialization, runs by partition tag, ``has_dynamic_partition``), ms per call, on an
+   instance as narra opens it (dagster-postgres's ``NullPool``: a new PostgreSQL connection per
+   call) and on one holding a pooled connection as ``dagster-webserver`` does;
+3. ``narra status`` as a user runs it (a subprocess): default arguments, ``--json``, and
+   ``--limit 50`` and ``--all`` when ``narra status --help`` offers them; wall seconds, or
+   "timeout" past ``--status-timeout`` (120 s; a variant that timed out is not run again at
+   larger sizes);
+4. ``narra serve``'s item list ``GET /api/v1/media?limit=50`` (first page, then the page at its
    ``next_cursor``): p50 of 20 requests each (after one warm-up request; fewer when 20 would
    exceed ``--api-budget`` seconds), ms;
-4. ``GET /api/v1/search?q=`` p50/p95 over 50 queries of 1-3 vocabulary words after one warm-up
+5. ``GET /api/v1/search?q=`` p50/p95 over 50 queries of 1-3 vocabulary words after one warm-up
    query, ms;
-5. from ``--backfill-from`` items on (10k): with ``dagster-webserver`` and ``dagster-daemon`` on
+6. from ``--backfill-from`` items on (10k): with ``dagster-webserver`` and ``dagster-daemon`` on
    the instance (``workspace.yaml``), the GraphQL ``launchPartitionBackfill`` of the image kind's
    last stage (``image_catalog``) over ``--backfill-partitions`` (10,000) of its partitions, or
    all of them when there are fewer (8,000 at 10k items): the mutation's wall seconds, seconds
@@ -43,7 +49,7 @@ Measured at each size:
    backfill's runs are created and queued but never launched: this measures Dagster's backfill
    machinery, not 2 cores running thousands of failing runs. Then the backfill is cancelled,
    the daemon stopped and the backfill's runs deleted, so the next size starts as before;
-6. the Dagster UI's asset page of ``image_catalog`` (``/assets/image_catalog``) and its
+7. the Dagster UI's asset page of ``image_catalog`` (``/assets/image_catalog``) and its
    Partitions tab (``?view=partitions``), loaded by Chromium (Playwright) in a fresh browser
    context until the materialized-partition count is rendered; first load and median of 3, s.
    The first load after a growth also fills Dagster's asset status cache (the partition health
@@ -74,7 +80,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, fresh_home, log, narra_cmd, percentile, run_measured
+from bench.common import REPO, fresh_home, log, narra_cmd, percentile
 
 DB = "narra_scale"
 PG = {"host": os.environ.get("NARRA_BENCH_PG_HOST", "127.0.0.1"),
@@ -446,19 +452,89 @@ def sensor_ticks(instance, resources: dict, home: Path, image_keys: list[str],
     return out
 
 
+def query_cost(dagster_home: str, keys: list[str]) -> dict[str, Any]:
+    """Milliseconds per call (mean over ``keys``) of the Dagster storage calls narra's item
+    surfaces make per item: an asset partition's last materialization (``fetch_materializations``
+    of ``image_catalog``), runs by partition tag (``get_run_records``), ``has_dynamic_partition``;
+    on an instance as narra's processes open it (dagster-postgres's ``NullPool``: a new
+    PostgreSQL connection for every call) and on one holding a pooled connection, as
+    ``dagster-webserver`` does (``optimize_for_webserver``)."""
+    import dagster as dg
+
+    out: dict[str, Any] = {}
+    for label in ("new_connection", "pooled"):
+        with dg.DagsterInstance.from_config(dagster_home) as instance:
+            if label == "pooled":
+                instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600,
+                                                max_overflow=10)
+            calls = {
+                "fetch_materializations": lambda k: instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(UI_ASSET), asset_partitions=[k]),
+                    limit=1),
+                "run_records_by_tag": lambda k: instance.get_run_records(
+                    dg.RunsFilter(tags={"dagster/partition": k}), limit=1),
+                "has_dynamic_partition": lambda k: instance.has_dynamic_partition("images", k),
+            }
+            for name, call in calls.items():
+                call(keys[0])
+                started = time.perf_counter()
+                for key in keys:
+                    call(key)
+                out[f"{name}_{label}_ms"] = round((time.perf_counter() - started) / len(keys) * 1000, 2)
+    log("  Dagster calls (ms, new connection / pooled): " + ", ".join(
+        f"{n} {out[f'{n}_new_connection_ms']} / {out[f'{n}_pooled_ms']}"
+        for n in ("fetch_materializations", "run_records_by_tag", "has_dynamic_partition")))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. narra status
 
 
 def status_variants(env: dict[str, str]) -> dict[str, list[str]]:
-    """The ``narra status`` invocations to time: default, ``--json``, and ``--limit 50`` (with
-    and without ``--json``) when this checkout's ``narra status --help`` lists ``--limit``."""
+    """The ``narra status`` invocations to time: default arguments and ``--json``, then
+    ``--limit 50`` and ``--all`` when this checkout's ``narra status --help`` lists them."""
     variants = {"default": [], "json": ["--json"]}
     helped = subprocess.run([*narra_cmd(), "status", "--help"], env={**env, "COLUMNS": "200"},
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     if "--limit" in helped.stdout:
-        variants.update({"limit50": ["--limit", "50"], "limit50_json": ["--limit", "50", "--json"]})
+        variants["limit50"] = ["--limit", "50"]
+    if "--all" in helped.stdout:
+        variants["all"] = ["--all"]
     return variants
+
+
+def run_timed(cmd: list[str], env: dict[str, str], timeout_s: float) -> tuple[float, int, int, str]:
+    """Run ``cmd`` (in a process group of its own, killed if this bench stops first); return
+    its wall seconds, peak RSS (bytes), exit code and the end of its stderr.
+
+    Raises:
+        TimeoutError: past ``timeout_s`` (the process group is killed).
+    """
+    err_path = Path(env["NARRA_HOME"]) / f".status-{time.monotonic_ns()}.err"
+    with open(err_path, "w") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+        _started.append(proc)
+        try:
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.perf_counter() - started > timeout_s:
+                    raise TimeoutError(" ".join(cmd))
+                time.sleep(0.02)
+            wall = time.perf_counter() - started
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            if proc.returncode is None:
+                stop(proc, grace_s=0)
+            elif proc in _started:
+                _started.remove(proc)
+    tail = err_path.read_text()[-1000:]
+    err_path.unlink()
+    return wall, usage.ru_maxrss * 1024, proc.returncode, tail
 
 
 def narra_status(env: dict[str, str], variants: dict[str, list[str]], timeout_s: float,
@@ -473,19 +549,19 @@ def narra_status(env: dict[str, str], variants: dict[str, list[str]], timeout_s:
             log(f"  narra status {' '.join(extra)}: timeout (skipped, timed out at a smaller size)")
             continue
         try:
-            m = run_measured([*narra_cmd(), "status", *extra], env, timeout=timeout_s)
+            wall, rss, code, stderr = run_timed([*narra_cmd(), "status", *extra], env, timeout_s)
         except TimeoutError:
             timed_out.add(name)
             out[name] = "timeout"
             log(f"  narra status {' '.join(extra)}: timeout (> {timeout_s:.0f} s)")
             continue
-        if m.returncode != 0:
-            out[name] = f"exit {m.returncode}"
-            log(f"  narra status {' '.join(extra)}: exit {m.returncode}: {m.stderr[-500:]}")
+        if code != 0:
+            out[name] = f"exit {code}"
+            log(f"  narra status {' '.join(extra)}: exit {code}: {stderr[-500:]}")
             continue
-        out[name] = round(m.wall_s, 2)
-        out[f"{name}_peak_rss_mb"] = round(m.peak_rss_bytes / 1e6)
-        log(f"  narra status {' '.join(extra)}: {out[name]} s")
+        out[name] = round(wall, 2)
+        out[f"{name}_peak_rss_mb"] = round(rss / 1e6)
+        log(f"  narra status {' '.join(extra)}: {out[name]} s (peak RSS {round(rss / 1e6)} MB)")
     return out
 
 
@@ -527,7 +603,9 @@ def api_figures(env: dict[str, str], home: Path, budget_s: float, queries: int =
             t = time.perf_counter()
             first = client.get("/api/v1/media", params={"limit": 50}).json()
             out["list_warmup_ms"] = round((time.perf_counter() - t) * 1000, 1)
-            out["list_total"] = first["total"]
+            out["list_first_page_items"] = len(first["items"])
+            if "total" in first:
+                out["list_total"] = first["total"]
             page1 = _timed_gets(client, "/api/v1/media", {"limit": 50}, requests, budget_s)
             out["list_page1_p50_ms"] = round(percentile(page1, 50), 1)
             out["list_page1_requests"] = len(page1)
@@ -537,8 +615,8 @@ def api_figures(env: dict[str, str], home: Path, budget_s: float, queries: int =
                 out["list_page2_p50_ms"] = round(percentile(page2, 50), 1)
                 out["list_page2_requests"] = len(page2)
             log(f"  API list: page 1 p50 {out['list_page1_p50_ms']} ms, page 2 p50 "
-                f"{out.get('list_page2_p50_ms')} ms (total {out['list_total']}, "
-                f"{len(page1)} requests each)")
+                f"{out.get('list_page2_p50_ms')} ms ({len(page1)} requests each; warm-up "
+                f"{out['list_warmup_ms']} ms)")
 
             rng = random.Random(7)
             words = [" ".join(rng.sample(VOCABULARY, rng.randint(1, 3))) for _ in range(queries + 1)]
@@ -709,10 +787,39 @@ def _remove_backfill_runs(instance, backfill_id: str) -> dict[str, Any]:
     return {"runs_deleted": len(records), "run_statuses": statuses, "delete_runs_s": took}
 
 
-def ui_asset_page(url: str, loads: int = 3) -> dict[str, Any]:
-    """Seconds until Chromium shows the materialized-partition count of ``image_catalog``'s asset
-    page and of its Partitions tab (each load in a fresh browser context): first load, median of
-    ``loads``."""
+_SHOWN = {
+    # the Status section's latest materialization, with its age ("24 hours ago")
+    "overview": r"""() => /Latest materialization\s*\n[^\n]*ago/.test(document.body.innerText)""",
+    # the partition status filter's count, e.g. "Materialized (8,000)", once it is not 0
+    "partitions": r"""() => { const m = /Materialized \(([\d,]+)\)/.exec(document.body.innerText);
+                              return m !== null && parseInt(m[1].replace(/,/g, '')) > 0; }""",
+}
+
+
+def _load(browser, page_url: str, shown_js: str, timeout_s: float) -> dict[str, float]:
+    """One load of ``page_url`` in a fresh browser context: seconds until ``shown_js`` is true
+    (the figure is on screen), and until the last GraphQL answer before the network is idle."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = context.new_page()
+        last = [None]
+        page.on("requestfinished",
+                lambda r: last.__setitem__(0, time.perf_counter()) if "/graphql" in r.url else None)
+        started = time.perf_counter()
+        page.goto(page_url, wait_until="commit", timeout=timeout_s * 1000)
+        page.wait_for_function(shown_js, timeout=timeout_s * 1000, polling=50)
+        shown = time.perf_counter() - started
+        page.wait_for_load_state("networkidle", timeout=timeout_s * 1000)
+        return {"shown_s": shown, "graphql_done_s": (last[0] or started) - started}
+    finally:
+        context.close()
+
+
+def ui_asset_page(url: str, loads: int = 3, timeout_s: float = 300) -> dict[str, Any]:
+    """Seconds until Chromium shows ``image_catalog``'s asset page (the Status section's latest
+    materialization) and its Partitions tab (the count of materialized partitions), each load in
+    a fresh browser context (cold cache, as a user opening a link): first load and median of
+    ``loads``; also until its last GraphQL answer (the page's data all loaded)."""
     from playwright.sync_api import sync_playwright
 
     out: dict[str, Any] = {}
@@ -722,31 +829,19 @@ def ui_asset_page(url: str, loads: int = 3) -> dict[str, Any]:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:
             for name, page_url in pages.items():
-                times = []
-                for _ in range(loads):
-                    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-                    page = context.new_page()
-                    started = time.perf_counter()
-                    page.goto(page_url, wait_until="commit")
-                    how = _wait_partition_count(page)
-                    times.append(time.perf_counter() - started)
-                    context.close()
-                out[f"{name}_first_s"] = round(times[0], 2)
-                out[f"{name}_median_s"] = round(statistics.median(times), 2)
-                out[f"{name}_loads_s"] = [round(t, 2) for t in times]
-                out[f"{name}_waited_for"] = how
-                log(f"  UI {name}: first {out[f'{name}_first_s']} s, median "
-                    f"{out[f'{name}_median_s']} s (until {how})")
+                runs = [_load(browser, page_url, _SHOWN[name], timeout_s) for _ in range(loads)]
+                shown = [r["shown_s"] for r in runs]
+                done = [r["graphql_done_s"] for r in runs]
+                out[f"{name}_first_s"] = round(shown[0], 2)
+                out[f"{name}_median_s"] = round(statistics.median(shown), 2)
+                out[f"{name}_loads_s"] = [round(t, 2) for t in shown]
+                out[f"{name}_graphql_done_median_s"] = round(statistics.median(done), 2)
+                log(f"  UI {name}: shown after {out[f'{name}_first_s']} s first, median "
+                    f"{out[f'{name}_median_s']} s; last GraphQL answer median "
+                    f"{out[f'{name}_graphql_done_median_s']} s")
         finally:
             browser.close()
     return out
-
-
-def _wait_partition_count(page, timeout_s: float = 300) -> str:
-    """Wait until the page shows its count of materialized partitions; returns what was waited
-    for."""
-    page.wait_for_load_state("networkidle", timeout=timeout_s * 1000)
-    return "networkidle"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -766,16 +861,19 @@ def _fmt(value, unit: str = "") -> str:
 def table(results: list[dict[str, Any]]) -> str:
     """The Markdown table of the results, one row per size."""
     head = ("| items | insert s (items/s) | upload_sensor ms (empty / 10 new) | run_request_sensor "
-            "ms | domain events sensor ms | narra status s (default / --json / --limit 50) | API "
-            "list p50 ms (page 1 / page 2) | search p50 / p95 ms | backfill: partitions, launch s "
-            "/ first run s / runs per s | UI asset page s (overview / partitions; first, median) |")
-    lines = [head, "|" + "---|" * 10]
+            "ms (10 requests) | domain events sensor ms | Dagster call ms (new connection / "
+            "pooled) | narra status s (default / --limit 50 / --all) | API list p50 ms (page 1 / "
+            "page 2) | search p50 / p95 ms | backfill: partitions, launch s / first run s / runs "
+            "per s | UI asset page s (overview / partitions tab; first, median) |")
+    lines = [head, "|" + "---|" * 11]
     for r in results:
         ins, sen, st, api = r["insert"], r.get("sensors", {}), r.get("status", {}), r.get("api", {})
-        bf, ui = r.get("backfill"), r.get("ui", {})
-        status = " / ".join(_fmt(st.get(k)) for k in ("default", "json", "limit50"))
-        back = (f"{bf['partitions']}: {_fmt(bf.get('launch_s'))} / {_fmt(bf.get('first_run_s'))} / "
-                f"{_fmt(bf.get('runs_per_s'))}" if bf else "-")
+        q, bf, ui = r.get("queries", {}), r.get("backfill"), r.get("ui", {})
+        status = " / ".join(_fmt(st.get(k)) for k in ("default", "limit50", "all"))
+        calls = (f"{_fmt(q.get('fetch_materializations_new_connection_ms'))} / "
+                 f"{_fmt(q.get('fetch_materializations_pooled_ms'))}" if q else "-")
+        back = (f"{bf['partitions']:,}: {_fmt(bf.get('launch_s'))} / {_fmt(bf.get('first_run_s'))} "
+                f"/ {_fmt(bf.get('runs_per_s'))}" if bf else "-")
         uis = (f"{_fmt(ui.get('overview_first_s'))}, {_fmt(ui.get('overview_median_s'))} / "
                f"{_fmt(ui.get('partitions_first_s'))}, {_fmt(ui.get('partitions_median_s'))}"
                if ui else "-")
@@ -783,8 +881,9 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {r['items']:,} | {_fmt(ins['total_s'])} ({_fmt(ins['items_per_s'])}) | "
             f"{_fmt(sen.get('upload_sensor_empty_ms'))} / {_fmt(sen.get('upload_sensor_10_new_ms'))} | "
             f"{_fmt(sen.get('run_request_sensor_10_ms'))} | {_fmt(sen.get('domain_events_sensor_ms'))} | "
-            f"{status} | {_fmt(api.get('list_page1_p50_ms'))} / {_fmt(api.get('list_page2_p50_ms'))} | "
-            f"{_fmt(api.get('search_p50_ms'))} / {_fmt(api.get('search_p95_ms'))} | {back} | {uis} |")
+            f"{calls} | {status} | {_fmt(api.get('list_page1_p50_ms'))} / "
+            f"{_fmt(api.get('list_page2_p50_ms'))} | {_fmt(api.get('search_p50_ms'))} / "
+            f"{_fmt(api.get('search_p95_ms'))} | {back} | {uis} |")
     return "\n".join(lines)
 
 
@@ -869,6 +968,9 @@ def main() -> None:
                     t = time.perf_counter()
                     row["sensors"] = sensor_ticks(instance, resources, home, image_keys)
                     phases["sensors"] = time.perf_counter() - t
+                t = time.perf_counter()
+                row["queries"] = query_cost(env["DAGSTER_HOME"], image_keys[-30:])
+                phases["queries"] = time.perf_counter() - t
                 if "status" not in args.skip:
                     t = time.perf_counter()
                     row["status"] = narra_status(env, variants, args.status_timeout, timed_out)
@@ -905,8 +1007,7 @@ def main() -> None:
         if not args.keep:
             with contextlib.suppress(Exception):
                 drop_database()
-            if not args.work:
-                shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work if not args.work else work / "home", ignore_errors=True)
     print(table(results))
     log(f"figures written to {args.json}; {report['total_s']} s in all")
 

@@ -1,5 +1,6 @@
 """A burst of 500 files in the inbox is registered without a duplicate run, every sensor tick
-finishing well inside Dagster's 60 s limit, on PostgreSQL.
+finishing well inside Dagster's 60 s limit, on PostgreSQL: 10 batch runs of 50 items, each item in
+exactly one of them.
 
 Small PNGs when the image chain is present, else 0.1 s WAV clips (the video chain takes audio).
 A real ``dagster-daemon`` on the production instance config (Postgres) runs the real upload
@@ -22,6 +23,8 @@ import dagster as dg
 import pytest
 from dagster._core.scheduler.instigation import TickStatus
 from PIL import Image
+
+from narra_dagster.core.batch import MAX_BATCH_ITEMS, batch_keys
 
 from .conftest import subprocess_env
 from .services import daemon, pg_database, pg_env, production_dagster_home, wait_for
@@ -66,7 +69,7 @@ def _evaluation_seconds(daemon_log: str) -> list[int]:
         at = dt.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
         if "Checking for new runs for sensor: upload_sensor" in line:
             started = at
-        elif "upload_sensor - " in line and " new, " in line and started is not None:
+        elif "upload_sensor - " in line and " new in " in line and started is not None:
             if not line.split("upload_sensor - ", 1)[1].startswith("0 new"):
                 out.append(int(at - started))
             started = None
@@ -106,8 +109,9 @@ def test_burst_of_500_files_registers_each_once(home, tmp_path, monkeypatch):
                 def check():
                     assert proc.poll() is None, log.read_text()[-3000:]
                     left = [p for p in inbox.iterdir() if p.is_file()]
-                    return (not left and instance.get_runs_count(
-                        dg.RunsFilter(job_name=f"{kind}_pipeline")) >= expected_runs
+                    items = sum(len(batch_keys(r)) for r in instance.get_runs(
+                        dg.RunsFilter(job_name=f"{kind}_batch")))
+                    return (not left and items >= expected_runs
                             and len(instance.get_dynamic_partitions(partitions_name)) >= FILES)
                 return check
 
@@ -119,7 +123,9 @@ def test_burst_of_500_files_registers_each_once(home, tmp_path, monkeypatch):
             wait_for(registered(FILES), 120, "the duplicates taken", interval_s=2,
                      on_timeout=lambda: log.read_text()[-3000:])
 
-            runs = instance.get_runs(dg.RunsFilter(job_name=f"{kind}_pipeline"))
+            runs = instance.get_runs(dg.RunsFilter(job_name=f"{kind}_batch"))
+            assert not instance.get_runs(dg.RunsFilter(job_name=f"{kind}_pipeline"))
+            items = [k for r in runs for k in batch_keys(r)]
             run_keys = [r.tags.get("dagster/run_key") for r in runs]
             partitions = instance.get_dynamic_partitions(partitions_name)
             sensor = next(s for s in instance.all_instigator_state() if s.name == "upload_sensor")
@@ -132,7 +138,7 @@ def test_burst_of_500_files_registers_each_once(home, tmp_path, monkeypatch):
                 "files": FILES, "kind": kind, "duplicate_files_dropped_again": DUPLICATES,
                 "runs": len(runs), "distinct_run_keys": len(set(run_keys)),
                 "partitions": len(partitions), "ticks": len(ticks), "ticks_with_runs": len(busy),
-                "runs_per_busy_tick": sorted({len(t.run_ids) for t in busy}),
+                "items_per_run": sorted({len(batch_keys(r)) for r in runs}),
                 "seconds_per_busy_tick_mean": round(statistics.mean(busy_seconds), 3),
                 "seconds_per_busy_tick_max": round(max(busy_seconds), 3),
                 "seconds_per_tick_max": round(max(seconds), 3),
@@ -142,11 +148,13 @@ def test_burst_of_500_files_registers_each_once(home, tmp_path, monkeypatch):
             print("\nburst figures:", json.dumps(figures))
             (tmp_path / "burst.json").write_text(json.dumps(figures))
 
-            assert len(runs) == FILES and len(set(run_keys)) == FILES and None not in run_keys
+            assert len(runs) == FILES // MAX_BATCH_ITEMS == len(set(run_keys))
+            assert None not in run_keys
+            assert sorted(items) == sorted(set(items)) == sorted(partitions)  # each item once
             assert len(partitions) == len(set(partitions)) == FILES
             assert all(r.status == dg.DagsterRunStatus.QUEUED for r in runs)
-            assert sum(len(t.run_ids) for t in busy) == FILES
-            assert max(len(t.run_ids) for t in busy) <= 50 and len(busy) >= FILES // 50
+            assert all(r.tags[f"narra/item-{k}"] == "1" for r in runs for k in batch_keys(r))
+            assert [len(t.run_ids) for t in busy] == [1] * len(runs)
             assert max(seconds) < DAGSTER_TICK_LIMIT_S
             assert all(t.status != TickStatus.FAILURE for t in ticks)
             processed = list((inbox / ".processed").rglob(f"*{suffix}"))

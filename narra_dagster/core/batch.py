@@ -378,7 +378,7 @@ def build_batch_job(kind: "MediaKind") -> dg.JobDefinition:
 
     @dg.op(name=batch_op_name(kind.name), required_resource_keys=required,
            out=dg.Out(dict, description="One entry per item: status, seconds per stage, error."),
-           tags={"kind": kind.name})
+           tags={"kind": kind.name}, pool=kind.batch_pool)
     def batch_items(context: dg.OpExecutionContext, config: BatchConfig):
         results: list[ItemResult] = []
         yield from run_items(context, kind, config.partition_keys, results)

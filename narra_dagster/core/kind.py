@@ -45,6 +45,9 @@ class MediaKind:
             model, say); they join the definitions but not the jobs.
         aliases: other words people use for the kind (``"photo"``, ``"audio"``), accepted by
             ``--kind`` as are its plural and its extensions without the dot (``"pdf"``).
+        batch_pool: the Dagster concurrency pool a batch run of this kind holds while it runs
+            (video: ``transcription``, so batch runs do not transcribe side by side on a small
+            machine); None for none.
         media_seconds: ``path -> seconds or None``: the duration a file declares (its container
             header, read in milliseconds), which caps the media in one batch run; None for kinds
             whose items take about the same time each. Never raises: None when unknown.
@@ -59,6 +62,7 @@ class MediaKind:
     extra_assets: tuple[dg.AssetsDefinition, ...] = field(default=())
     aliases: tuple[str, ...] = field(default=())
     media_seconds: Callable[[Path], float | None] | None = None
+    batch_pool: str | None = None
 
     @property
     def names_people_use(self) -> set[str]:

@@ -22,8 +22,10 @@ class LocalInbox(dg.ConfigurableResource):
     path: str = Field(default_factory=lambda: str(settings.inbox_dir()),
                       description="Folder watched for uploads; default $NARRA_HOME/inbox.")
     stable_seconds: float = Field(
-        default=2.0, ge=0.0,
-        description="A file is taken once it has not been modified for this long (seconds).")
+        default=1.0, ge=0.0,
+        description="A file is taken once it has not been modified for this long (seconds). "
+                    "A copy that can stall longer mid-file (a slow network share) should be "
+                    "written under a .part name and renamed when complete.")
     max_per_tick: int = Field(default=50, ge=1, description="Files taken per sensor tick.")
 
     @property
