@@ -174,7 +174,7 @@ def main() -> None:
     p.add_argument("--work", default=os.environ.get("NARRA_BENCH_WORK", str(REPO / ".bench-work")))
     p.add_argument("--photos", type=int, default=100)
     p.add_argument("--clips", type=int, default=20)
-    p.add_argument("--latency", type=int, default=3)
+    p.add_argument("--latency", type=int, default=5)
     p.add_argument("--out", default="bench-intake.json")
     args = p.parse_args()
 

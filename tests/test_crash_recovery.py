@@ -330,6 +330,22 @@ def test_a_batch_run_killed_twice_resumes_and_runs_the_crasher_alone(home, tmp_p
                     limit=10).records
                 assert [r.run_id for r in records] == [first.run_id], asset.key
 
+            # The domain events: no item is ever told it failed (each crash was retried), and
+            # each is completed exactly once, by the run that finished it.
+            sink = JsonlEventSink(path=str(home / "events" / "events.jsonl"))
+
+            def outcomes():
+                seen = {k: [e["type"] for e in sink.read() if e["media_id"] == k
+                            and e["type"].startswith("analysis.")] for k in keys}
+                return all("analysis.completed" in t for t in seen.values()) and seen
+
+            seen = wait_for(outcomes, 60, "every item's analysis.completed")
+            assert seen[keys[0]] == ["analysis.started", "analysis.completed"], seen
+            assert seen[victim] == ["analysis.started", "analysis.retrying", "analysis.started",
+                                    "analysis.completed"], seen
+            assert seen[keys[2]] == ["analysis.started", "analysis.retrying", "analysis.retrying",
+                                     "analysis.completed"], seen
+
 
 def batch_keys_of(run):
     from narra_dagster.core.batch import batch_keys

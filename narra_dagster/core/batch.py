@@ -70,12 +70,10 @@ MAX_BATCH_MEDIA_S = 30 * 60.0
 """Seconds of audio/video (as their containers declare) in one batch run: a 2-hour recording
 runs alone instead of holding 49 photos behind it for half an hour of transcription."""
 
-ITEM_MARK = "narra/item"
-"""Metadata key of the engine events that mark an item's start and end in a batch run."""
-
 
 def batch_item_tag(key: str) -> str:
-    """Run tag naming one item of a batch run, so `narra status` finds an item's last run."""
+    """Run tag naming one item of a run (a batch run's items, a sensor's per-item run), so
+    `narra status` finds an item's last run and a sensor that an item has had its first run."""
     return f"narra/item-{key}"
 
 
@@ -230,6 +228,20 @@ class ResumePlan:
     """Run ids of the earlier attempts, newest first."""
 
 
+def marked_items(instance: dg.DagsterInstance, run_id: str,
+                 ) -> tuple[set[str], dict[str, ItemResult]]:
+    """(keys a batch run started, key -> how it ended for those it finished), from the run's
+    item marks: what a run that died before writing its results had done."""
+    marks = dagster_private.item_marks(instance, run_id)
+    started = {m["narra/item"] for m in marks if m.get("narra/item_event") == "started"}
+    ended = {m["narra/item"]: ItemResult(
+        partition_key=m["narra/item"], status=m.get("status", "failed"),
+        stage=m.get("stage") or None, error=m.get("error") or None,
+        error_class=m.get("error_class") or None, seconds=float(m.get("seconds") or 0.0),
+        run_id=run_id) for m in marks if m.get("narra/item_event") == "ended"}
+    return started, ended
+
+
 def resume_plan(instance: dg.DagsterInstance, run: dg.DagsterRun, keys: Sequence[str],
                 *, crashes_before_alone: int = 2) -> ResumePlan:
     """Read the item marks of ``run``'s earlier attempts and split ``keys`` into the items to
@@ -250,15 +262,8 @@ def resume_plan(instance: dg.DagsterInstance, run: dg.DagsterRun, keys: Sequence
     finished: dict[str, ItemResult] = {}
     crashes: Counter[str] = Counter()
     for attempt in reversed(attempts):  # oldest first: a later end wins
-        marks = dagster_private.item_marks(instance, attempt)
-        started = {m["narra/item"] for m in marks if m.get("narra/item_event") == "started"}
-        ended = {m["narra/item"]: m for m in marks if m.get("narra/item_event") == "ended"}
-        for key, mark in ended.items():
-            finished[key] = ItemResult(
-                partition_key=key, status=mark.get("status", "failed"),
-                stage=mark.get("stage") or None, error=mark.get("error") or None,
-                error_class=mark.get("error_class") or None,
-                seconds=float(mark.get("seconds") or 0.0), run_id=attempt)
+        started, ended = marked_items(instance, attempt)
+        finished.update(ended)
         crashes.update(started - set(ended))
     todo = [k for k in keys if k not in finished]
     alone = [k for k in todo if crashes[k] >= crashes_before_alone]

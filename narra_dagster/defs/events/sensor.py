@@ -27,11 +27,12 @@ left for the next tick (the cursor stays before that run's update time).
 
 import datetime as dt
 import json
+from dataclasses import asdict
 
 import dagster as dg
 
 from narra_dagster import registry
-from narra_dagster.core.batch import batch_keys, item_results
+from narra_dagster.core.batch import batch_keys, item_results, marked_items, resume_plan
 from narra_dagster.core.runs import run_failure
 from narra_dagster.resources import events as ev
 
@@ -124,8 +125,8 @@ def batch_domain_events(instance: dg.DagsterInstance, run: dg.DagsterRun,
     ``<stage>.completed`` per ``AssetMaterialization(partition=item)`` the run logged, then, once
     the run has ended, ``analysis.completed`` or the failed stage and ``analysis.failed`` with its
     classified error from the run's per-item results. Ids also name the item, so redelivery stays
-    harmless. An item finished by an earlier attempt of a crashed run, or handed to a run of its
-    own, gets no final event from this run: the run that finished it says it.
+    harmless. A retry of a crashed batch run speaks only for the items it processes: those an
+    earlier attempt finished, or handed to a run of their own, are told by that run.
 
     Returns:
         (events, complete): ``complete`` is False while the run has not ended (its items' final
@@ -133,6 +134,9 @@ def batch_domain_events(instance: dg.DagsterInstance, run: dg.DagsterRun,
     """
     kind = registry.for_job(run.job_name).name
     keys = batch_keys(run)
+    if run.parent_run_id:  # a retry of a crashed batch: only the items it takes on are its own
+        plan = resume_plan(instance, run, keys)
+        keys = plan.run
     if not keys:
         return [], True
     logs = instance.all_logs(run.run_id, of_type=EVENT_TYPES)
@@ -151,8 +155,11 @@ def batch_domain_events(instance: dg.DagsterInstance, run: dg.DagsterRun,
         return event
 
     if started_at is not None:
+        attempt = ({"metadata": {"attempt": int(run.tags.get("dagster/retry_number", 0)) + 1}}
+                   if run.parent_run_id else {})
         for key in keys:
-            per_item[key].append(item_event(ev.STARTED, key, started_at))
+            per_item[key].append(item_event(ev.RETRYING if run.parent_run_id else ev.STARTED,
+                                            key, started_at, **attempt))
     for entry in logs:
         if entry.dagster_event.event_type != dg.DagsterEventType.ASSET_MATERIALIZATION:
             continue
@@ -165,13 +172,21 @@ def batch_domain_events(instance: dg.DagsterInstance, run: dg.DagsterRun,
             f"{stage}.completed", mat.partition, entry.timestamp, stage=stage, metadata=metadata))
     if ended is None:
         return [e for key in keys for e in per_item[key]], False
-    results = {r["partition_key"]: r for r in item_results(instance, run.run_id)}
+    # What each item ended as: the run's results, or, for a run that died before writing
+    # them, its item marks.
+    results = {key: asdict(item) for key, item in marked_items(instance, run.run_id)[1].items()}
+    results.update({r["partition_key"]: r for r in item_results(instance, run.run_id)})
+    retried = False
+    if ended.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE:
+        will_retry = (instance.get_run_by_id(run.run_id) or run).tags.get("dagster/will_retry")
+        if will_retry is None and instance.run_retries_enabled:
+            return [e for key in keys for e in per_item[key]], False
+        retried = will_retry == "true"
     for key in keys:
         result = results.get(key)
         at = ended.timestamp
-        if result and (result.get("status") == "isolated"
-                       or result.get("run_id") not in (None, run.run_id)):
-            continue  # run alone now, or finished by an earlier attempt: told there
+        if result is None and retried:
+            continue  # not finished: the retry takes it on and tells how it ends
         if result and result.get("status") == "succeeded":
             per_item[key].append(item_event(ev.COMPLETED, key, at))
             continue
