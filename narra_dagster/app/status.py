@@ -6,6 +6,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
@@ -30,46 +31,94 @@ def last_materialization(instance: dg.DagsterInstance, asset: str | dg.AssetKey,
 
 def item_status(instance: dg.DagsterInstance, media_store: MediaStore, kind: MediaKind,
                 key: str) -> dict[str, Any]:
-    """One live item: source name and every name, each asset's last materialization, the last
-    run's outcome and the item's ``state`` (``registered``, ``queued``/``started``...,
-    ``searchable``, ``failed``). A fixed number of indexed queries (two per stage, two for the
-    runs), whatever the number of items."""
-    try:
-        manifest = media_store.manifest(key)
-    except (FileNotFoundError, ValueError):
-        manifest = {}
-    assets = {}
-    for stage in kind.stages:
-        record = last_materialization(instance, stage.key, key)
-        assets[stage.key.to_user_string()] = None if record is None else {
-            "materialized_at": _iso(record.timestamp), "run_id": record.run_id}
-    # The item's last run: its own run, or a batch run that listed it (tagged per item).
-    runs = [*instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": key}), limit=1),
-            *instance.get_run_records(dg.RunsFilter(tags={batch_item_tag(key): "1"}), limit=1)]
-    last_run = None
-    if runs:
-        run = max(runs, key=lambda r: r.create_timestamp).dagster_run
-        status = run.status.value
-        error, error_class = (run_failure(instance, run.run_id)
-                              if run.status == dg.DagsterRunStatus.FAILURE else (None, None))
-        if run.job_name == kind.batch_job_name:  # a batch run: this item's own outcome
-            item = next((i for i in item_results(instance, run.run_id)
-                         if i["partition_key"] == key), None)
-            if item is not None:
-                error, error_class = item["error"], item["error_class"]
-                # isolated: handed to a run of its own, which is queued or starting
-                status = {"succeeded": "SUCCESS", "isolated": "QUEUED"}.get(
-                    item["status"], "FAILURE")
-        last_run = {"run_id": run.run_id, "job": run.job_name, "status": status,
-                    "error": error, "error_class": error_class}
-    done = all(assets.values())
-    return {
-        "media_id": key, "kind": kind.name, "source_name": manifest.get("source_name"),
-        "names": [n["name"] for n in names_of(manifest)] if manifest else [],
-        "state": "failed" if last_run and last_run["status"] == "FAILURE"
-        else ("searchable" if done else (last_run["status"].lower() if last_run else "registered")),
-        "last_run": last_run, "assets": assets,
-    }
+    """One live item (see :func:`items_status`)."""
+    return items_status(instance, media_store, [(kind, key)])[0]
+
+
+def items_status(instance: dg.DagsterInstance, media_store: MediaStore,
+                 entries: Sequence[tuple[MediaKind, str]]) -> list[dict[str, Any]]:
+    """Live items, in the order given: source name and every name, each asset's last
+    materialization (``materialized_at`` ISO 8601 UTC, ``run_id``), the last run's outcome and
+    the item's ``state`` (``registered``, ``queued``/``started``..., ``searchable``, ``failed``).
+
+    Asked together, so a page costs about one query per stage, two per item and two per
+    distinct run, whatever the number of items stored: each stage's materializations of all the
+    given partitions come in one query (newest first), the runs by item tag, and a batch run's
+    per-item results once for all its items.
+    """
+    by_kind: dict[str, list[str]] = {}
+    for kind, key in entries:
+        by_kind.setdefault(kind.name, []).append(key)
+    materialized: dict[tuple[str, str], dict[str, Any]] = {}  # (asset, key) -> last
+    for kind_name, keys in by_kind.items():
+        for stage in registry.get(kind_name).stages:
+            for key, record in _last_materializations(instance, stage.key, keys).items():
+                materialized[(stage.key.to_user_string(), key)] = {
+                    "materialized_at": _iso(record.timestamp), "run_id": record.run_id}
+    results: dict[str, list[dict[str, Any]]] = {}
+    failures: dict[str, tuple[str | None, str | None]] = {}
+    out = []
+    for kind, key in entries:
+        try:
+            manifest = media_store.manifest(key)
+        except (FileNotFoundError, ValueError):
+            manifest = {}
+        assets = {stage.key.to_user_string(): materialized.get((stage.key.to_user_string(), key))
+                  for stage in kind.stages}
+        # The item's last run: its own run, or a batch run that listed it (tagged per item).
+        runs = [*instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": key}), limit=1),
+                *instance.get_run_records(dg.RunsFilter(tags={batch_item_tag(key): "1"}), limit=1)]
+        last_run = None
+        if runs:
+            run = max(runs, key=lambda r: r.create_timestamp).dagster_run
+            status = run.status.value
+            error, error_class = None, None
+            if run.status == dg.DagsterRunStatus.FAILURE:
+                if run.run_id not in failures:
+                    failures[run.run_id] = run_failure(instance, run.run_id)
+                error, error_class = failures[run.run_id]
+            if run.job_name == kind.batch_job_name:  # a batch run: this item's own outcome
+                if run.run_id not in results:
+                    results[run.run_id] = item_results(instance, run.run_id)
+                item = next((i for i in results[run.run_id] if i["partition_key"] == key), None)
+                if item is not None:
+                    error, error_class = item["error"], item["error_class"]
+                    # isolated: handed to a run of its own, which is queued or starting
+                    status = {"succeeded": "SUCCESS", "isolated": "QUEUED"}.get(
+                        item["status"], "FAILURE")
+            last_run = {"run_id": run.run_id, "job": run.job_name, "status": status,
+                        "error": error, "error_class": error_class}
+        done = all(assets.values())
+        out.append({
+            "media_id": key, "kind": kind.name, "source_name": manifest.get("source_name"),
+            "names": [n["name"] for n in names_of(manifest)] if manifest else [],
+            "state": "failed" if last_run and last_run["status"] == "FAILURE"
+            else ("searchable" if done else
+                  (last_run["status"].lower() if last_run else "registered")),
+            "last_run": last_run, "assets": assets,
+        })
+    return out
+
+
+def _last_materializations(instance: dg.DagsterInstance, asset_key: dg.AssetKey,
+                           keys: Sequence[str]) -> dict[str, Any]:
+    """Partition -> its newest materialization record, for ``keys``: one query for all of them
+    (records come newest first), then one per partition the first answer did not reach (an
+    item materialized many times over)."""
+    if not keys:
+        return {}
+    limit = 4 * len(keys)
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=list(keys)), limit=limit,
+    ).records
+    newest: dict[str, Any] = {}
+    for record in records:
+        newest.setdefault(record.partition_key, record)
+    if len(records) == limit:
+        for key in keys:
+            if key not in newest and (record := last_materialization(instance, asset_key, key)):
+                newest[key] = record
+    return newest
 
 
 def deleted_status(key: str, stone: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +147,9 @@ def partition_status(instance: dg.DagsterInstance, defs: dg.Definitions,
         else:
             keys = [k for k in instance.get_dynamic_partitions(media_kind.partitions.name)
                     if not media_id or k.startswith(media_id)]
-        items += [item_status(instance, media_store, media_kind, key) for key in keys]
+        for start in range(0, len(keys), 500):  # a few hundred partitions per query
+            items += items_status(instance, media_store,
+                                  [(media_kind, key) for key in keys[start:start + 500]])
     listed = {item["media_id"] for item in items}
     for key, stone in sorted(media_store.tombstones().items()):
         if key in listed or (media_id and not key.startswith(media_id)):
@@ -174,8 +225,10 @@ def status_page(instance: dg.DagsterInstance, defs: dg.Definitions, *, kind: str
                 registry.get(name).partitions.name, limit=n, ascending=False,
                 cursor=position).cursor
     more = more or len(stones) > next_state["deleted"]
-    items = [deleted_status(key, tombstones[key]) if source == "deleted"
-             else item_status(instance, media_store, registry.get(source), key)
+    live = iter(items_status(instance, media_store, [(registry.get(source), key)
+                                                     for _, _, source, key in chosen
+                                                     if source != "deleted"]))
+    items = [deleted_status(key, tombstones[key]) if source == "deleted" else next(live)
              for _, _, source, key in chosen]
     return items, _encode(next_state) if more else None
 
