@@ -75,7 +75,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -92,7 +91,6 @@ BATCH = 1000
 """Partitions per ``add_dynamic_partitions`` call and events per ``store_event_batch``."""
 ROWS_PER_WRITE = 20_000
 """LanceDB rows per ``table.add``."""
-UI_ASSET = "image_catalog"
 VOCABULARY = (
     "harbour lighthouse ferry island beach kite seagull dawn bread bakery tuesday coffee cup "
     "kitchen table garden water morning rocket launch coast fire trail astronaut moon planet "
@@ -141,8 +139,7 @@ def production_home(work: Path, db: str = DB) -> dict[str, str]:
 
     env = fresh_home(work, "home")
     env.update(DAGSTER_PG_HOST=PG["host"], DAGSTER_PG_PORT=str(PG["port"]),
-               DAGSTER_PG_USER=PG["user"], DAGSTER_PG_PASSWORD=PG["password"], DAGSTER_PG_DB=db,
-               NARRA_DAGSTER_UI_URL="http://127.0.0.1:3000")
+               DAGSTER_PG_USER=PG["user"], DAGSTER_PG_PASSWORD=PG["password"], DAGSTER_PG_DB=db)
     config = yaml.safe_load((REPO / "dagster.production.yaml").read_text())
     config["concurrency"]["runs"]["max_concurrent_runs"] = 0
     dagster_home = Path(env["DAGSTER_HOME"])
@@ -190,14 +187,24 @@ def stop_all() -> None:
         stop(proc, grace_s=10)
 
 
+class Fatal(RuntimeError):
+    """Raised by a :func:`_wait` predicate for what waiting longer cannot fix."""
+
+
 def _wait(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None,
           log_path: Path | None = None, interval_s: float = 0.3):
+    """Poll ``predicate`` until it returns a truthy value (returned); its errors count as "not
+    yet", but :class:`Fatal`. Raises RuntimeError after ``timeout_s`` or once ``proc`` ended."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+        try:
             value = predicate()
             if value:
                 return value
+        except Fatal:
+            raise
+        except Exception:  # noqa: BLE001 - not up yet (connection refused...)
+            pass
         if proc is not None and proc.poll() is not None:
             break
         time.sleep(interval_s)
@@ -207,6 +214,19 @@ def _wait(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None 
 
 # ---------------------------------------------------------------------------------------------
 # synthetic items
+
+
+def image_kind():
+    """The image kind (registry entry)."""
+    from narra_dagster import registry
+
+    return registry.get("image")
+
+
+def last_image_stage():
+    """The asset key of the image kind's last stage (``image_catalog``): the backfill's and the
+    UI page's asset."""
+    return image_kind().stages[-1].key
 
 
 def kind_of(i: int) -> str:
@@ -264,15 +284,9 @@ def _text(rng: random.Random) -> str:
 def grow(instance, store, index, start_i: int, stop_i: int, base_ts: float) -> dict[str, Any]:
     """Add items ``start_i``..``stop_i - 1``: manifests, dynamic partitions, one materialization
     per stage, one index row each, then the index's maintenance. Returns seconds per phase and
-    the rates (items/s, events/s, rows/s)."""
-    import numpy as np
-    import pyarrow as pa
-
+    the rates (items/s, events/s)."""
     from narra_dagster import registry
-    from narra_dagster.resources.embedder import EMBEDDING_DIM
-    from narra_dagster.resources.index_lock import write_lock
     from narra_dagster.resources.media_store import MANIFEST
-    from narra_dagster.resources.search_index import SCHEMA, TABLE
 
     items = [item(i, base_ts) for i in range(start_i, stop_i)]
     n = len(items)
@@ -314,11 +328,32 @@ def grow(instance, store, index, start_i: int, stop_i: int, base_ts: float) -> d
     out["events_s"] = round(time.perf_counter() - started, 2)
     out["events_per_s"] = round(events / max(out["events_s"], 1e-9))
 
+    out.update(write_index_rows(index, items, seed=start_i))
+    log(f"  index: {n} rows in {out['index_rows_s']} s, maintain {out['index_maintain_s']} s "
+        f"({out['index']['vector_index'] or 'no ANN index'})")
+    out["total_s"] = round(time.perf_counter() - total_started, 2)
+    out["items_per_s"] = round(n / max(out["total_s"], 1e-9))
+    return out
+
+
+def write_index_rows(index, items: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """One row per item in the search index's ``chunks`` table, in the resource's schema and
+    under its write lock (``ROWS_PER_WRITE`` rows per commit: the resource's own
+    ``upsert_partition`` is one commit per item), then ``maintain()`` as the daily maintenance
+    asset runs it. Returns the seconds of each and the maintenance report's gist."""
+    import numpy as np
+    import pyarrow as pa
+
+    from narra_dagster.resources.embedder import EMBEDDING_DIM
+    from narra_dagster.resources.index_lock import write_lock
+    from narra_dagster.resources.search_index import SCHEMA, TABLE
+
+    out: dict[str, Any] = {}
     started = time.perf_counter()
-    rng = random.Random(start_i)
-    nrng = np.random.default_rng(start_i)
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
     table = index._table()  # created with its FTS index by the resource, as on a first write
-    for b in range(0, n, ROWS_PER_WRITE):
+    for b in range(0, len(items), ROWS_PER_WRITE):
         chunk = items[b:b + ROWS_PER_WRITE]
         m = len(chunk)
         vectors = nrng.standard_normal((m, EMBEDDING_DIM)).astype(np.float32)
@@ -348,10 +383,6 @@ def grow(instance, store, index, start_i: int, stop_i: int, base_ts: float) -> d
     out["index_maintain_s"] = round(time.perf_counter() - started, 2)
     out["index"] = {k: report[k] for k in ("rows", "indices", "vector_index", "scalar_index_s",
                                            "ann_index_s", "optimize_s")}
-    out["total_s"] = round(time.perf_counter() - total_started, 2)
-    out["items_per_s"] = round(n / max(out["total_s"], 1e-9))
-    log(f"  index: {n} rows in {out['index_rows_s']} s, maintain {out['index_maintain_s']} s "
-        f"({report['vector_index'] or 'no ANN index'})")
     return out
 
 
@@ -381,13 +412,13 @@ def _median_ms(times: list[float]) -> float:
     return round(statistics.median(times) * 1000, 1)
 
 
-def sensor_ticks(instance, resources: dict, home: Path, image_keys: list[str],
+def sensor_ticks(instance, resources: dict, image_keys: list[str],
                  ticks: int = 5) -> dict[str, Any]:
     """Median milliseconds of ``ticks`` evaluations of each sensor (a fresh cursor each time,
     as the tick after a restart): ``upload_sensor`` on an empty inbox and on 10 new images,
     ``run_request_sensor`` with 10 request files (first runs of items in ``image_keys``, as
-    after 10 uploads through the API),
-    ``domain_events_sensor`` with its cursor at now (no run since)."""
+    after 10 uploads through the API), ``domain_events_sensor`` with its cursor at now (no run
+    since)."""
     import dagster as dg
 
     from narra_dagster.defs.events.sensor import domain_events_sensor
@@ -455,6 +486,10 @@ def sensor_ticks(instance, resources: dict, home: Path, image_keys: list[str],
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# 2. Dagster's storage calls
+
+
 def query_cost(dagster_home: str, keys: list[str]) -> dict[str, Any]:
     """Milliseconds per call (mean over ``keys``) of the Dagster storage calls narra's item
     surfaces make per item: an asset partition's last materialization (``fetch_materializations``
@@ -472,11 +507,12 @@ def query_cost(dagster_home: str, keys: list[str]) -> dict[str, Any]:
                                                 max_overflow=10)
             calls = {
                 "fetch_materializations": lambda k: instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(UI_ASSET), asset_partitions=[k]),
+                    dg.AssetRecordsFilter(asset_key=last_image_stage(), asset_partitions=[k]),
                     limit=1),
                 "run_records_by_tag": lambda k: instance.get_run_records(
                     dg.RunsFilter(tags={"dagster/partition": k}), limit=1),
-                "has_dynamic_partition": lambda k: instance.has_dynamic_partition("images", k),
+                "has_dynamic_partition": lambda k: instance.has_dynamic_partition(
+                    image_kind().partitions.name, k),
             }
             for name, call in calls.items():
                 call(keys[0])
@@ -492,7 +528,7 @@ def query_cost(dagster_home: str, keys: list[str]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. narra status
+# 3. narra status
 
 
 def status_variants(env: dict[str, str]) -> dict[str, list[str]]:
@@ -570,7 +606,7 @@ def narra_status(env: dict[str, str], variants: dict[str, list[str]], timeout_s:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3, 4. the HTTP API
+# 4, 5. the HTTP API
 
 
 def _timed_gets(client, path: str, params: dict, count: int, budget_s: float) -> list[float]:
@@ -605,7 +641,9 @@ def api_figures(env: dict[str, str], home: Path, budget_s: float, queries: int =
         out["serve_ready_s"] = round(time.perf_counter() - started, 2)
         with httpx.Client(base_url=url, timeout=600) as client:
             t = time.perf_counter()
-            first = client.get("/api/v1/media", params={"limit": 50}).json()
+            response = client.get("/api/v1/media", params={"limit": 50})
+            response.raise_for_status()
+            first = response.json()
             out["list_warmup_ms"] = round((time.perf_counter() - t) * 1000, 1)
             out["list_first_page_items"] = len(first["items"])
             if "total" in first:
@@ -647,7 +685,7 @@ def api_figures(env: dict[str, str], home: Path, budget_s: float, queries: int =
 
 
 # ---------------------------------------------------------------------------------------------
-# 5, 6. Dagster: the webserver, the UI, a backfill
+# 6, 7. Dagster: the webserver, a backfill, the UI
 
 
 def _graphql(url: str, query: str, variables: dict | None = None, timeout: float = 600) -> dict:
@@ -680,7 +718,7 @@ def start_webserver(env: dict[str, str], home: Path) -> tuple[subprocess.Popen, 
         entries = _graphql(url, _LOCATIONS, timeout=10)["workspaceOrError"]["locationEntries"]
         if any(e["locationOrLoadError"] and e["locationOrLoadError"]["__typename"] == "PythonError"
                for e in entries):
-            raise SystemExit(f"code location failed to load: {entries}")
+            raise Fatal(f"code location failed to load: {entries}")
         return entries and all(e["loadStatus"] == "LOADED" and e["locationOrLoadError"]
                                for e in entries)
 
@@ -723,7 +761,7 @@ def backfill(env: dict[str, str], home: Path, url: str, instance, keys: list[str
     try:
         started = time.perf_counter()
         result = _graphql(url, _LAUNCH, {"params": {
-            "partitionNames": keys, "assetSelection": [{"path": [UI_ASSET]}],
+            "partitionNames": keys, "assetSelection": [{"path": last_image_stage().path}],
             "title": f"bench.scale {len(keys)} partitions"}})["launchPartitionBackfill"]
         answered = time.perf_counter()
         out["launch_s"] = round(answered - started, 2)
@@ -830,13 +868,20 @@ def ui_asset_page(url: str, loads: int = 3, timeout_s: float = 300) -> dict[str,
     from playwright.sync_api import sync_playwright
 
     out: dict[str, Any] = {}
-    pages = {"overview": f"{url}/assets/{UI_ASSET}",
-             "partitions": f"{url}/assets/{UI_ASSET}?view=partitions"}
+    asset = "/".join(last_image_stage().path)
+    pages = {"overview": f"{url}/assets/{asset}",
+             "partitions": f"{url}/assets/{asset}?view=partitions"}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:
             for name, page_url in pages.items():
-                runs = [_load(browser, page_url, _SHOWN[name], timeout_s) for _ in range(loads)]
+                try:
+                    runs = [_load(browser, page_url, _SHOWN[name], timeout_s)
+                            for _ in range(loads)]
+                except Exception as exc:  # noqa: BLE001 - e.g. never shown: the other page goes on
+                    out[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+                    log(f"  UI {name}: {out[f'{name}_error'][:300]}")
+                    continue
                 shown = [r["shown_s"] for r in runs]
                 done = [r["graphql_done_s"] for r in runs]
                 out[f"{name}_first_s"] = round(shown[0], 2)
@@ -856,6 +901,8 @@ def ui_asset_page(url: str, loads: int = 3, timeout_s: float = 300) -> dict[str,
 
 
 def _fmt(value, unit: str = "") -> str:
+    if isinstance(value, int) and value >= 1_000:
+        return f"{value:,}"
     if value is None:
         return "-"
     if isinstance(value, str):
@@ -863,6 +910,15 @@ def _fmt(value, unit: str = "") -> str:
     if isinstance(value, float) and value >= 100:
         return f"{value:.0f}{unit}"
     return f"{value}{unit}"
+
+
+_ERROR_KEYS = ("upload_sensor_empty_ms", "upload_sensor_10_new_ms", "run_request_sensor_10_ms",
+               "domain_events_sensor_ms", "fetch_materializations_new_connection_ms",
+               "fetch_materializations_pooled_ms", "default", "limit50", "all",
+               "list_page1_p50_ms", "list_page2_p50_ms", "search_p50_ms", "search_p95_ms",
+               "partitions", "launch_s", "first_run_s", "runs_per_s", "runs_per_s_after_first",
+               "overview_first_s", "overview_median_s", "partitions_first_s",
+               "partitions_median_s")
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -873,15 +929,20 @@ def table(results: list[dict[str, Any]]) -> str:
             "page 2) | search p50 / p95 ms | backfill: partitions, launch s / first run s / runs "
             "per s | UI asset page s (overview / partitions tab; first, median) |")
     lines = [head, "|" + "---|" * 11]
+
+    def part(name: str) -> dict[str, Any]:  # a failed measurement shows as "error"
+        got = r.get(name) or {}
+        return {k: "error" for k in _ERROR_KEYS} if "error" in got else got
+
     for r in results:
-        ins, sen, st, api = r["insert"], r.get("sensors", {}), r.get("status", {}), r.get("api", {})
-        q, bf, ui = r.get("queries", {}), r.get("backfill"), r.get("ui", {})
+        ins, sen, st, api = r["insert"], part("sensors"), part("status"), part("api")
+        q, bf, ui = part("queries"), part("backfill") or None, part("ui")
         status = " / ".join(_fmt(st.get(k)) for k in ("default", "limit50", "all"))
         calls = (f"{_fmt(q.get('fetch_materializations_new_connection_ms'))} / "
                  f"{_fmt(q.get('fetch_materializations_pooled_ms'))}" if q else "-")
-        back = (f"{bf['partitions']:,}: {_fmt(bf.get('launch_s'))} / {_fmt(bf.get('first_run_s'))} "
-                f"/ {_fmt(bf.get('runs_per_s'))} ({_fmt(bf.get('runs_per_s_after_first'))} after "
-                f"the first)" if bf else "-")
+        back = (f"{_fmt(bf.get('partitions'))}: {_fmt(bf.get('launch_s'))} / "
+                f"{_fmt(bf.get('first_run_s'))} / {_fmt(bf.get('runs_per_s'))} "
+                f"({_fmt(bf.get('runs_per_s_after_first'))} after the first)" if bf else "-")
         uis = (f"{_fmt(ui.get('overview_first_s'))}, {_fmt(ui.get('overview_median_s'))} / "
                f"{_fmt(ui.get('partitions_first_s'))}, {_fmt(ui.get('partitions_median_s'))}"
                if ui else "-")
@@ -911,7 +972,8 @@ def main() -> None:
                    help="item counts to grow to and measure at, ascending (cumulative)")
     p.add_argument("--json", default="bench-scale.json", help="where to write the figures")
     p.add_argument("--work", default=None,
-                   help="folder for NARRA_HOME (default: a new temporary folder, removed after)")
+                   help="folder for NARRA_HOME (DIR/home; default: a new temporary folder); "
+                        "removed at the end unless --keep")
     p.add_argument("--keep", action="store_true",
                    help="keep the work folder and the database at the end")
     p.add_argument("--status-timeout", type=float, default=120.0,
@@ -967,49 +1029,51 @@ def main() -> None:
                 results.append(row)
                 log(f"growing {have} -> {size} items")
                 t = time.perf_counter()
-                row["insert"] = grow(instance, store, index, have, size, base_ts)
+                row["insert"] = grow(instance, store, index, have, size, base_ts)  # must work
                 phases["insert"] = time.perf_counter() - t
                 ins = row["insert"]
                 log(f"  insert: {ins['items_added']} items in {ins['total_s']} s "
                     f"({ins['items_per_s']} items/s; {ins['events_per_s']} events/s)")
                 have = size
-                image_keys = instance.get_dynamic_partitions("images")
+                image_keys = instance.get_dynamic_partitions(image_kind().partitions.name)
                 row["by_kind"] = {k.name: len(instance.get_dynamic_partitions(k.partitions.name))
                                   for k in registry.KINDS}
 
-                if "sensors" not in args.skip:
+                def phase(name: str, measure) -> None:
+                    """Take one measurement; a failure is recorded, and the others go on."""
                     t = time.perf_counter()
-                    row["sensors"] = sensor_ticks(instance, resources, home, image_keys)
-                    phases["sensors"] = time.perf_counter() - t
-                if "queries" not in args.skip:
-                    t = time.perf_counter()
-                    row["queries"] = query_cost(env["DAGSTER_HOME"], image_keys[-30:])
-                    phases["queries"] = time.perf_counter() - t
-                if "status" not in args.skip:
-                    t = time.perf_counter()
-                    row["status"] = narra_status(env, variants, args.status_timeout, timed_out)
-                    phases["status"] = time.perf_counter() - t
-                if "api" not in args.skip:
-                    t = time.perf_counter()
-                    row["api"] = api_figures(env, home, args.api_budget)
-                    phases["api"] = time.perf_counter() - t
-                want_backfill = "backfill" not in args.skip and size >= args.backfill_from
-                if "ui" not in args.skip or want_backfill:
-                    t = time.perf_counter()
-                    web, url, row["webserver_ready_s"] = start_webserver(env, home)
-                    phases["webserver_start"] = time.perf_counter() - t
                     try:
-                        if "ui" not in args.skip:
-                            t = time.perf_counter()
-                            row["ui"] = ui_asset_page(url)
-                            phases["ui"] = time.perf_counter() - t
-                        if want_backfill:
-                            t = time.perf_counter()
-                            keys = image_keys[:args.backfill_partitions]
-                            row["backfill"] = backfill(env, home, url, instance, keys,
-                                                       args.backfill_watch)
-                            phases["backfill"] = time.perf_counter() - t
-                    finally:
+                        row[name] = measure()
+                    except Exception as exc:  # noqa: BLE001 - recorded in the figures
+                        row[name] = {"error": f"{type(exc).__name__}: {exc}"[:3000]}
+                        log(f"  {name} failed: {row[name]['error'][:500]}")
+                    phases[name] = time.perf_counter() - t
+
+                if "sensors" not in args.skip:
+                    phase("sensors", lambda: sensor_ticks(instance, resources, image_keys))
+                if "queries" not in args.skip:
+                    phase("queries", lambda: query_cost(env["DAGSTER_HOME"], image_keys[-30:]))
+                if "status" not in args.skip:
+                    phase("status", lambda: narra_status(env, variants, args.status_timeout,
+                                                         timed_out))
+                if "api" not in args.skip:
+                    phase("api", lambda: api_figures(env, home, args.api_budget))
+                want_backfill = "backfill" not in args.skip and size >= args.backfill_from
+                web = None
+                if "ui" not in args.skip or want_backfill:
+                    phase("webserver", lambda: start_webserver(env, home))
+                    if "error" not in row["webserver"]:
+                        web, url, ready_s = row["webserver"]
+                        row["webserver"] = {"ready_s": ready_s}
+                try:
+                    if web is not None and "ui" not in args.skip:
+                        phase("ui", lambda: ui_asset_page(url))
+                    if web is not None and want_backfill:
+                        keys = image_keys[:args.backfill_partitions]
+                        phase("backfill", lambda: backfill(env, home, url, instance, keys,
+                                                           args.backfill_watch))
+                finally:
+                    if web is not None:
                         stop(web)
                 row["phase_s"] = {k: round(v, 1) for k, v in phases.items()}
                 log(f"size {size} done; phases (s): {row['phase_s']}")
