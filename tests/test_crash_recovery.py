@@ -9,6 +9,7 @@ server notices the dead worker and fails the run; run retries start a new run fr
 slot the dead run still held, so the retry is not blocked by it.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -50,11 +51,10 @@ def _wait_for_transcription(instance, proc, log):
                     on_timeout=lambda: log.read_text()[-3000:])
 
 
-@pytest.mark.daemon
-def test_sigkill_during_transcription_recovers_cleanly(home, tmp_path, monkeypatch):
-    # About a minute of speech, so that transcription lasts long enough to be interrupted.
-    video = tmp_path / "long_talk.mp4"
-    make_talking_video(video, SPEECH_SENTENCES * 3, SPEECH_PHOTOS * 3)
+@contextlib.contextmanager
+def _daemon_on_postgres(home, tmp_path, monkeypatch):
+    """A real daemon on a fresh PostgreSQL instance with short run-monitoring intervals and run
+    retries: yields (daemon process, instance, inbox, daemon log)."""
     with pg_database() as db:
         for k, v in pg_env(db).items():
             monkeypatch.setenv(k, v)
@@ -70,58 +70,67 @@ def test_sigkill_during_transcription_recovers_cleanly(home, tmp_path, monkeypat
         log = tmp_path / "daemon.log"
         with daemon(subprocess_env(home), log) as proc, \
                 dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-            shutil.copyfile(video, inbox / "long_talk.mp4.part")
-            (inbox / "long_talk.mp4.part").rename(inbox / "long_talk.mp4")
+            yield proc, instance, inbox, log
 
-            first, pid = _wait_for_transcription(instance, proc, log)
-            os.kill(pid, signal.SIGKILL)
 
-            def retried_and_done():
-                assert proc.poll() is None, log.read_text()[-3000:]
-                runs = instance.get_runs(dg.RunsFilter(job_name="video_pipeline"))
-                done = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
-                return done and (runs, done[0])
+@pytest.mark.daemon
+def test_sigkill_during_transcription_recovers_cleanly(home, tmp_path, monkeypatch):
+    # About a minute of speech, so that transcription lasts long enough to be interrupted.
+    video = tmp_path / "long_talk.mp4"
+    make_talking_video(video, SPEECH_SENTENCES * 3, SPEECH_PHOTOS * 3)
+    with _daemon_on_postgres(home, tmp_path, monkeypatch) as (proc, instance, inbox, log):
+        shutil.copyfile(video, inbox / "long_talk.mp4.part")
+        (inbox / "long_talk.mp4.part").rename(inbox / "long_talk.mp4")
 
-            runs, final = wait_for(retried_and_done, DEADLINE_S, "a successful retry", interval_s=2,
-                                   on_timeout=lambda: log.read_text()[-4000:])
-            first = instance.get_run_by_id(first.run_id)
-            # The killed run: failed, with the transcription step started and never finished.
-            assert first.status == dg.DagsterRunStatus.FAILURE
-            assert not _events(instance, first.run_id, dg.DagsterEventType.STEP_SUCCESS,
-                               "video_transcript")
-            assert not _events(instance, first.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION,
-                               "video_transcript")
-            # The retry: a new run of the same partition, started from the failure.
-            assert final.run_id != first.run_id
-            assert final.tags["dagster/partition"] == first.tags["dagster/partition"]
-            assert final.tags.get("dagster/root_run_id") == first.run_id
-            assert len(runs) <= 3
-            key = first.tags["dagster/partition"]
-            for asset in video_assets:
-                assert instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[key]), limit=1).records
+        first, pid = _wait_for_transcription(instance, proc, log)
+        os.kill(pid, signal.SIGKILL)
 
-            # The domain events the daemon's sensor published: the crashed attempt is not final
-            # (run retries will retry it), so no analysis.failed; the retry completes the item.
-            sink = JsonlEventSink(path=str(home / "events" / "events.jsonl"))
+        def retried_and_done():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            runs = instance.get_runs(dg.RunsFilter(job_name="video_pipeline"))
+            done = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
+            return done and (runs, done[0])
 
-            def completed():
-                return [e["type"] for e in sink.read() if e["media_id"] == key
-                        and e["type"] == "analysis.completed"]
+        runs, final = wait_for(retried_and_done, DEADLINE_S, "a successful retry", interval_s=2,
+                               on_timeout=lambda: log.read_text()[-4000:])
+        first = instance.get_run_by_id(first.run_id)
+        # The killed run: failed, with the transcription step started and never finished.
+        assert first.status == dg.DagsterRunStatus.FAILURE
+        assert not _events(instance, first.run_id, dg.DagsterEventType.STEP_SUCCESS,
+                           "video_transcript")
+        assert not _events(instance, first.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION,
+                           "video_transcript")
+        # The retry: a new run of the same partition, started from the failure.
+        assert final.run_id != first.run_id
+        assert final.tags["dagster/partition"] == first.tags["dagster/partition"]
+        assert final.tags.get("dagster/root_run_id") == first.run_id
+        assert len(runs) <= 3
+        key = first.tags["dagster/partition"]
+        for asset in video_assets:
+            assert instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[key]), limit=1).records
 
-            wait_for(completed, 60, "analysis.completed to be published")
-            types = [e["type"] for e in sink.read() if e["media_id"] == key]
-            stages = [a.key.to_user_string() for a in video_assets]
-            # The transcript chain: source and audio before the crash, the rest after the
-            # retry; every stage of the video group (frames, enrichment too) completed once.
-            chain = [k.to_user_string() for k in chain_for_kind(build_defs(), "video")]
-            core = [t for t in types if t.removesuffix(".completed") in stages or
-                    t.startswith("analysis.")]
-            assert core == (["analysis.started"] + [f"{s}.completed" for s in stages[:2]]
-                            + ["analysis.retrying"] + [f"{s}.completed" for s in stages[2:]]
-                            + ["analysis.completed"]), types
-            done = [t for t in types if t.endswith(".completed") and not t.startswith("analysis.")]
-            assert sorted(done) == sorted(f"{s}.completed" for s in chain), types
+        # The domain events the daemon's sensor published: the crashed attempt is not final
+        # (run retries will retry it), so no analysis.failed; the retry completes the item.
+        sink = JsonlEventSink(path=str(home / "events" / "events.jsonl"))
+
+        def completed():
+            return [e["type"] for e in sink.read() if e["media_id"] == key
+                    and e["type"] == "analysis.completed"]
+
+        wait_for(completed, 60, "analysis.completed to be published")
+        types = [e["type"] for e in sink.read() if e["media_id"] == key]
+        stages = [a.key.to_user_string() for a in video_assets]
+        # The transcript chain: source and audio before the crash, the rest after the
+        # retry; every stage of the video group (frames, enrichment too) completed once.
+        chain = [k.to_user_string() for k in chain_for_kind(build_defs(), "video")]
+        core = [t for t in types if t.removesuffix(".completed") in stages or
+                t.startswith("analysis.")]
+        assert core == (["analysis.started"] + [f"{s}.completed" for s in stages[:2]]
+                        + ["analysis.retrying"] + [f"{s}.completed" for s in stages[2:]]
+                        + ["analysis.completed"]), types
+        done = [t for t in types if t.endswith(".completed") and not t.startswith("analysis.")]
+        assert sorted(done) == sorted(f"{s}.completed" for s in chain), types
 
         # Exactly the rows it should have: one per chunk, no duplicate id, and no temp file.
         media = home / "media" / key
@@ -240,114 +249,94 @@ def test_a_batch_run_killed_twice_resumes_and_runs_the_crasher_alone(home, tmp_p
     item as finished and resumes at the second; killed there again, the third attempt hands the
     second item to a per-item run of its own and processes the third. Every item ends
     searchable, the first processed exactly once."""
-    from narra_dagster.core.batch import item_results
+    from narra_dagster.core.batch import batch_keys, item_results
     from tests.support.media import speak, write_audio
 
     clips = {}
     for name, sentence in zip(["one.wav", "two.wav", "three.wav"], SPEECH_SENTENCES):
         audio, _ = speak([sentence] * 3)
         clips[name] = write_audio(audio, tmp_path / name, "wav")
-    with pg_database() as db:
-        for k, v in pg_env(db).items():
-            monkeypatch.setenv(k, v)
-        dagster_home = production_dagster_home(
-            home / "dagster",
-            run_monitoring={"poll_interval_seconds": 5, "free_slots_after_run_end_seconds": 5},
-            run_retries={"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False},
-        )
-        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-            apply_pool_limits(instance, {pools.TRANSCRIPTION: 1, pools.SEARCH_INDEX: 1})
-        inbox = home / "inbox"
-        inbox.mkdir(parents=True, exist_ok=True)
-        log = tmp_path / "daemon.log"
-        with daemon(subprocess_env(home), log) as proc, \
-                dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-            for name, path in clips.items():
-                shutil.copyfile(path, inbox / f"{name}.part")
-            for name in clips:
-                (inbox / f"{name}.part").rename(inbox / name)
+    with _daemon_on_postgres(home, tmp_path, monkeypatch) as (proc, instance, inbox, log):
+        for name, path in clips.items():
+            shutil.copyfile(path, inbox / f"{name}.part")
+        for name in clips:
+            (inbox / f"{name}.part").rename(inbox / name)
 
-            def batch_runs():
-                assert proc.poll() is None, log.read_text()[-3000:]
-                return sorted(instance.get_runs(dg.RunsFilter(job_name="video_batch")),
-                              key=lambda r: r.tags.get("dagster/retry_number", "0"))
+        def batch_runs():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            return sorted(instance.get_runs(dg.RunsFilter(job_name="video_batch")),
+                          key=lambda r: r.tags.get("dagster/retry_number", "0"))
 
-            def in_progress(attempt, ended_before):
-                """(run, the item it is processing, its worker's pid) once the ``attempt``-th
-                run has ended ``ended_before`` items and started the next."""
-                def check():
-                    runs = batch_runs()
-                    if len(runs) <= attempt:
-                        return None
-                    marks = _marks(instance, runs[attempt].run_id)
-                    if marks and marks[-1][1] == "started" and sum(
-                            e == "ended" for _, e in marks) == ended_before:
-                        return runs[attempt], marks[-1][0], _batch_pid(instance, runs[attempt].run_id)
-                return check
+        def in_progress(attempt, ended_before):
+            """(run, the item it is processing, its worker's pid) once the ``attempt``-th
+            run has ended ``ended_before`` items and started the next."""
+            def check():
+                runs = batch_runs()
+                if len(runs) <= attempt:
+                    return None
+                marks = _marks(instance, runs[attempt].run_id)
+                if marks and marks[-1][1] == "started" and sum(
+                        e == "ended" for _, e in marks) == ended_before:
+                    return runs[attempt], marks[-1][0], _batch_pid(instance, runs[attempt].run_id)
+            return check
 
-            # Attempt 1: killed once the first item has ended and the second has started.
-            first, victim, pid = wait_for(in_progress(0, 1), DEADLINE_S,
-                                          "the batch run to start its second item", interval_s=0.1,
-                                          on_timeout=lambda: log.read_text()[-3000:])
-            keys = batch_keys_of(first)
-            assert len(keys) == 3 and victim == keys[1]
-            os.kill(pid, signal.SIGKILL)
-            # Attempt 2 (a run retry, same run config): resumes at the second item; killed again.
-            second, again, pid = wait_for(in_progress(1, 0), DEADLINE_S,
-                                          "the retry to start the second item", interval_s=0.1,
-                                          on_timeout=lambda: log.read_text()[-3000:])
-            assert again == victim and second.parent_run_id == first.run_id
-            assert [k for k, e in _marks(instance, second.run_id) if e == "started"] == [victim]
-            os.kill(pid, signal.SIGKILL)
+        # Attempt 1: killed once the first item has ended and the second has started.
+        first, victim, pid = wait_for(in_progress(0, 1), DEADLINE_S,
+                                      "the batch run to start its second item", interval_s=0.1,
+                                      on_timeout=lambda: log.read_text()[-3000:])
+        keys = batch_keys_of(first)
+        assert len(keys) == 3 and victim == keys[1]
+        os.kill(pid, signal.SIGKILL)
+        # Attempt 2 (a run retry, same run config): resumes at the second item; killed again.
+        second, again, pid = wait_for(in_progress(1, 0), DEADLINE_S,
+                                      "the retry to start the second item", interval_s=0.1,
+                                      on_timeout=lambda: log.read_text()[-3000:])
+        assert again == victim and second.parent_run_id == first.run_id
+        assert [k for k, e in _marks(instance, second.run_id) if e == "started"] == [victim]
+        os.kill(pid, signal.SIGKILL)
 
-            def all_searchable():
-                assert proc.poll() is None, log.read_text()[-3000:]
-                last = [a.key for a in video_assets][-1]
-                return all(instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=last, asset_partitions=[k]), limit=1).records
-                    for k in keys)
+        def all_searchable():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            last = [a.key for a in video_assets][-1]
+            return all(instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=last, asset_partitions=[k]), limit=1).records
+                for k in keys)
 
-            wait_for(all_searchable, DEADLINE_S, "every item to be searchable", interval_s=2,
-                     on_timeout=lambda: log.read_text()[-4000:])
-            runs = batch_runs()
-            assert len(runs) == 3
-            third = runs[2]
-            wait_for(lambda: instance.get_run_by_id(third.run_id).is_finished, 60,
-                     "the third attempt to end")
-            results = {r["partition_key"]: r for r in item_results(instance, third.run_id)}
-            assert results[keys[0]]["status"] == "succeeded"
-            assert results[keys[0]]["run_id"] == first.run_id  # carried, not processed again
-            assert results[victim]["status"] == "isolated"
-            assert results[keys[2]]["status"] == "succeeded" and results[keys[2]]["run_id"] is None
-            assert instance.get_run_by_id(third.run_id).status == dg.DagsterRunStatus.SUCCESS
-            alone = instance.get_runs(dg.RunsFilter(job_name="video_pipeline"))
-            assert [r.tags["dagster/partition"] for r in alone] == [victim]
-            assert "alone-after-" in alone[0].tags["dagster/run_key"]
-            # The first item's stages materialized once: only by the first attempt.
-            for asset in video_assets:
-                records = instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[keys[0]]),
-                    limit=10).records
-                assert [r.run_id for r in records] == [first.run_id], asset.key
+        wait_for(all_searchable, DEADLINE_S, "every item to be searchable", interval_s=2,
+                 on_timeout=lambda: log.read_text()[-4000:])
+        runs = batch_runs()
+        assert len(runs) == 3
+        third = runs[2]
+        wait_for(lambda: instance.get_run_by_id(third.run_id).is_finished, 60,
+                 "the third attempt to end")
+        results = {r["partition_key"]: r for r in item_results(instance, third.run_id)}
+        assert results[keys[0]]["status"] == "succeeded"
+        assert results[keys[0]]["run_id"] == first.run_id  # carried, not processed again
+        assert results[victim]["status"] == "isolated"
+        assert results[keys[2]]["status"] == "succeeded" and results[keys[2]]["run_id"] is None
+        assert instance.get_run_by_id(third.run_id).status == dg.DagsterRunStatus.SUCCESS
+        alone = instance.get_runs(dg.RunsFilter(job_name="video_pipeline"))
+        assert [r.tags["dagster/partition"] for r in alone] == [victim]
+        assert "alone-after-" in alone[0].tags["dagster/run_key"]
+        # The first item's stages materialized once: only by the first attempt.
+        for asset in video_assets:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[keys[0]]),
+                limit=10).records
+            assert [r.run_id for r in records] == [first.run_id], asset.key
 
-            # The domain events: no item is ever told it failed (each crash was retried), and
-            # each is completed exactly once, by the run that finished it.
-            sink = JsonlEventSink(path=str(home / "events" / "events.jsonl"))
+        # The domain events: no item is ever told it failed (each crash was retried), and
+        # each is completed exactly once, by the run that finished it.
+        sink = JsonlEventSink(path=str(home / "events" / "events.jsonl"))
 
-            def outcomes():
-                seen = {k: [e["type"] for e in sink.read() if e["media_id"] == k
-                            and e["type"].startswith("analysis.")] for k in keys}
-                return all("analysis.completed" in t for t in seen.values()) and seen
+        def outcomes():
+            seen = {k: [e["type"] for e in sink.read() if e["media_id"] == k
+                        and e["type"].startswith("analysis.")] for k in keys}
+            return all("analysis.completed" in t for t in seen.values()) and seen
 
-            seen = wait_for(outcomes, 60, "every item's analysis.completed")
-            assert seen[keys[0]] == ["analysis.started", "analysis.completed"], seen
-            assert seen[victim] == ["analysis.started", "analysis.retrying", "analysis.started",
-                                    "analysis.completed"], seen
-            assert seen[keys[2]] == ["analysis.started", "analysis.retrying", "analysis.retrying",
-                                     "analysis.completed"], seen
-
-
-def batch_keys_of(run):
-    from narra_dagster.core.batch import batch_keys
-
-    return batch_keys(run)
+        seen = wait_for(outcomes, 60, "every item's analysis.completed")
+        assert seen[keys[0]] == ["analysis.started", "analysis.completed"], seen
+        assert seen[victim] == ["analysis.started", "analysis.retrying", "analysis.started",
+                                "analysis.completed"], seen
+        assert seen[keys[2]] == ["analysis.started", "analysis.retrying", "analysis.retrying",
+                                 "analysis.completed"], seen
