@@ -284,7 +284,7 @@ def test_a_batch_run_killed_twice_resumes_and_runs_the_crasher_alone(home, tmp_p
         first, victim, pid = wait_for(in_progress(0, 1), DEADLINE_S,
                                       "the batch run to start its second item", interval_s=0.1,
                                       on_timeout=lambda: log.read_text()[-3000:])
-        keys = batch_keys_of(first)
+        keys = batch_keys(first)
         assert len(keys) == 3 and victim == keys[1]
         os.kill(pid, signal.SIGKILL)
         # Attempt 2 (a run retry, same run config): resumes at the second item; killed again.
