@@ -2,7 +2,6 @@
 ticks stored there, and several uploads run at once by a real daemon under the queued run
 coordinator, with the transcription pool keeping Whisper steps one at a time."""
 
-import shutil
 import time
 
 import dagster as dg
@@ -13,6 +12,9 @@ from tests.support.chains import video_assets
 from narra_dagster.production import apply_pool_limits
 from narra_dagster.core import pools
 from tests.support.media import make_talking_video
+from narra_dagster.defs.intake.requests import request_run
+from narra_dagster.defs.intake.uploads import store_upload
+from narra_dagster.resources import LocalMediaStore
 
 from .conftest import ingest_and_materialize, subprocess_env
 from .services import daemon, pg_database, pg_env, production_dagster_home, wait_for, PG_HOST, PG_PORT, PG_USER, PG_PASSWORD
@@ -70,14 +72,15 @@ def test_daemon_on_postgres_runs_several_uploads_at_once(pg_home, home, tmp_path
         clip = tmp_path / f"clip{i}.mp4"
         make_talking_video(clip, [sentence], [photo])
         clips.append(clip)
-    inbox = home / "inbox"
-    inbox.mkdir(parents=True, exist_ok=True)
     env = subprocess_env(home)
     log = tmp_path / "daemon.log"
     with daemon(env, log) as proc:
+        # Uploads found in one tick share a batch run; to run them side by side, each is asked
+        # for as a per-item run (a run request with a reason, as a retry is), all at once.
+        store = LocalMediaStore(root=str(home / "media"))
         for clip in clips:
-            shutil.copyfile(clip, inbox / (clip.name + ".part"))
-            (inbox / (clip.name + ".part")).rename(inbox / clip.name)
+            upload = store_upload(clip, store)
+            request_run(upload.partition_key, "video", clip.name, reason="side-by-side")
 
         def all_done():
             assert proc.poll() is None, log.read_text()[-3000:]
