@@ -525,12 +525,27 @@ def dev(
         min=0, max=65535, help="Port of the HTTP API (`narra serve`, on 127.0.0.1); 0: none.")] = 8080,
 ) -> None:
     """Start the Dagster UI and daemon on this project, with DAGSTER_HOME under NARRA_HOME, and
-    the HTTP API (which `narra search` then asks, with its model already loaded)."""
+    the HTTP API (which `narra search` then asks, with its model already loaded). Both listen on
+    127.0.0.1 only. The Dagster UI has no login of its own: with NARRA_API_TOKEN set, this says
+    so, since the token then guards the web app and the API but not the UI (README, Security:
+    a reverse proxy with its own authentication exposes either safely)."""
     from narra_dagster import settings
+    from narra_dagster.app.api import api_token
 
     home = settings.ensure_dagster_home()
     err.print(f"DAGSTER_HOME={home}  NARRA_HOME={settings.narra_home()}  inbox={settings.inbox_dir()}")
-    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "narra_dagster.definitions", "-p", str(port)]
+    try:
+        token = api_token()
+    except ValueError as exc:
+        err.print(f"narra dev: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    if token:
+        err.print(f"[bold yellow]WARNING: the Dagster UI on http://127.0.0.1:{port} has no "
+                  "login: NARRA_API_TOKEN protects the web app and the API, not the UI. It is "
+                  "bound to 127.0.0.1, so only this machine reaches it; expose it only behind "
+                  "a reverse proxy with authentication (README, Security).[/]", highlight=False)
+    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "narra_dagster.definitions", "-h",
+           "127.0.0.1", "-p", str(port)]
     extra = []
     if api_port:
         err.print(f"Web app: http://127.0.0.1:{api_port}/   HTTP API: "

@@ -28,10 +28,13 @@ Routes (OpenAPI docs at ``/api/docs``; errors are JSON ``{"error": {"code", "mes
 - ``/`` and ``/items/{media_id}``: the web app (:mod:`narra_dagster.app.web`).
 
 Access: bound to 127.0.0.1 by default. With ``NARRA_API_TOKEN`` set (or ``NARRA_API_TOKEN_FILE``
-naming a file holding it), every ``/api`` route needs ``Authorization: Bearer <token>`` or the
-web app's session cookie (401 otherwise; compared in constant time with
-:func:`hmac.compare_digest`; never logged). :func:`check_bind` refuses a non-loopback address
-without a token unless ``insecure``.
+naming a file holding it), every ``/api`` route and ``/metrics`` need ``Authorization: Bearer
+<token>`` or the web app's session cookie (401 otherwise; the token is compared in constant time
+with :func:`hmac.compare_digest` and never logged; the cookie holds a random, expiring session
+id, not the token). :func:`check_bind` refuses a non-loopback address without a token unless
+``insecure``. With or without a token, a request that changes something must come from this
+server's own origin and carry ``Authorization`` or ``X-Narra-Request``; the Host header must be
+one of the server's names; stored files are served inert (:mod:`narra_dagster.app.security`).
 """
 
 import hmac
@@ -45,10 +48,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from narra_dagster import settings
+from narra_dagster.app.security import SESSION_COOKIE
 
 API_PREFIX = "/api/v1"
 _CACHE_IMMUTABLE = {"Cache-Control": "private, max-age=86400"}
-SESSION_COOKIE = "narra_session"
 OVERVIEW = ("language", "duration_s", "has_video", "pages", "width", "height", "summary",
             "keywords")
 """What ``GET /api/v1/media/{id}`` adds from the item's findings (``.../details`` has them all)."""
@@ -174,19 +177,31 @@ def item_view(item: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def create_app(*, token: str | None = None, server_id: str | None = None):
-    """The ASGI app. ``token``: the bearer token every ``/api/v1`` route requires (None: none;
-    ``/healthz``, ``/readyz`` and the docs stay open). ``server_id``: sent as the
-    ``X-Narra-Server`` header of every response, so a client that found this server through
-    :func:`settings.server_file` can check it reached this server and not another program on
-    the port."""
+def create_app(*, token: str | None = None, server_id: str | None = None,
+               hosts: list[str] | None = None):
+    """The ASGI app. ``token``: the bearer token every ``/api/v1`` route and ``/metrics``
+    require (None: none; ``/healthz``, ``/readyz`` and the docs stay open). ``server_id``: sent
+    as the ``X-Narra-Server`` header of every response, so a client that found this server
+    through :func:`settings.server_file` can check it reached this server and not another
+    program on the port. ``hosts``: the Host names it answers to (default
+    :func:`narra_dagster.app.security.allowed_hosts`); any other Host is refused with 400.
+
+    Every response carries the policies of :class:`~narra_dagster.app.security.SecurityHeaders`;
+    a request that changes something must pass
+    :class:`~narra_dagster.app.security.OriginCheck` (403 ``cross_site`` otherwise)."""
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    from narra_dagster.app.security import (OriginCheck, SecurityHeaders, Sessions,
+                                            allowed_hosts)
+
     searcher = _Searcher()
+    sessions = Sessions()
 
     @asynccontextmanager
     async def lifespan(app):
@@ -201,6 +216,11 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
                   description="Upload media, follow their processing, search what they say "
                               "and show, retry and remove items.")
     _mount_docs(app)
+    # Starlette runs the last added outermost: the policies go on every answer, the refusals
+    # of a wrong Host and of a cross-site request included.
+    app.add_middleware(OriginCheck)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts or allowed_hosts())
+    app.add_middleware(SecurityHeaders)
 
     if server_id:
         @app.middleware("http")
@@ -232,16 +252,27 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
             return
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer":  # the web app's cookie (POST /api/v1/session)
-            value = request.cookies.get(SESSION_COOKIE, "")
-        if not hmac.compare_digest(value.strip().encode(), token.encode()):
-            raise HTTPException(401, "a valid 'Authorization: Bearer <token>' header is needed")
+        if scheme.lower() == "bearer":
+            if hmac.compare_digest(value.strip().encode(), token.encode()):
+                return
+        elif sessions.valid(request.cookies.get(SESSION_COOKIE)):  # the web app's session
+            return
+        raise HTTPException(401, "a valid 'Authorization: Bearer <token>' header is needed")
+
+    @app.get(f"{API_PREFIX}/session", tags=["access"])
+    def session_state(request: Request) -> dict[str, bool]:
+        """For the web app: whether this server needs a token (``required``) and whether this
+        browser holds a valid session (``signed_in``; always true without a token)."""
+        return {"required": token is not None,
+                "signed_in": token is None or sessions.valid(request.cookies.get(SESSION_COOKIE))}
 
     @app.post(f"{API_PREFIX}/session", tags=["access"])
     async def session(request: Request):
-        """For the web app: trade the token (JSON ``{"token": ...}``) for an HttpOnly,
-        SameSite=Strict cookie that authorizes what a page loads itself (players, pictures, the
-        event stream). 401 for a wrong token; 204 when the server has none."""
+        """For the web app: trade the token (JSON ``{"token": ...}``) for a session: an
+        HttpOnly, SameSite=Strict cookie holding a random session id (never the token) that
+        expires (``NARRA_SESSION_HOURS``, default 12) and authorizes what a page loads itself
+        (players, pictures, the event stream). 401 for a wrong token; 204 when the server has
+        none."""
         from fastapi.responses import Response
 
         if token is None:
@@ -253,8 +284,20 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         if not hmac.compare_digest(given.strip().encode(), token.encode()):
             return error(401, "unauthorized", "that token is not right")
         response = Response(status_code=204)
-        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict",
-                            path="/api/", secure=request.url.scheme == "https")
+        response.set_cookie(SESSION_COOKIE, sessions.create(), httponly=True, samesite="strict",
+                            path="/", max_age=int(sessions.seconds),
+                            secure=request.url.scheme == "https")
+        return response
+
+    @app.delete(f"{API_PREFIX}/session", tags=["access"], status_code=204)
+    def sign_out(request: Request):
+        """Sign out: the browser's session ends here and its cookie is removed."""
+        from fastapi.responses import Response
+
+        sessions.end(request.cookies.get(SESSION_COOKIE))
+        response = Response(status_code=204)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                               secure=request.url.scheme == "https")
         return response
 
     def loaded() -> _Searcher:
@@ -415,18 +458,20 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
              dependencies=[Depends(authorized)])
     def media_source(media_id: str):
         """The uploaded file itself, with HTTP Range support (206 partial content), so players
-        can seek."""
-        import mimetypes
-
+        can seek. Its type is sniffed from its bytes, never taken from its name: audio, video
+        and pictures are served inline for the players, anything else (PDFs included) as an
+        attachment; all with a sandboxing Content-Security-Policy, so nothing in it can run as
+        this app."""
+        from narra_dagster.app.security import stored_file_headers
         from narra_dagster.resources.media_store import SOURCE
 
         s = loaded()
-        item = one(s, media_id)
+        one(s, media_id)
         path = s.defs.resources["media_store"].local_path(media_id, SOURCE)
         if not path.exists():
             raise HTTPException(404, f"item {media_id!r} has no stored source")
-        media_type = mimetypes.guess_type(item["source_name"] or "")[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media_type)
+        media_type, headers = stored_file_headers(path, f"{media_id}.source")
+        return FileResponse(path, media_type=media_type, headers=headers)
 
     @app.post(f"{API_PREFIX}/media", tags=["media"], status_code=202,
               dependencies=[Depends(authorized)],
@@ -580,14 +625,18 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
         return {"position": loaded().defs.resources["event_sink"].end_position()}
 
     @app.get("/metrics", tags=["health"])
-    def metrics():
+    def metrics(request: Request):
         """Prometheus metrics: the health checks (instance, storage, daemon heartbeats, sensors)
-        and Dagster's runs by status; the report is cached for 10 s."""
+        and Dagster's runs by status; the report is cached for 10 s. Needs the token as the API
+        does, unless ``NARRA_METRICS_OPEN=1``, which opens it to clients on loopback only."""
         from fastapi.responses import Response
 
         from narra_dagster.app.health import prometheus_text, run_metrics
         from narra_dagster.app.health_server import HealthService
+        from narra_dagster.app.security import metrics_open
 
+        if not metrics_open(request.client.host if request.client else None):
+            authorized(request)
         s = loaded()
         if s.health is None:
             s.health = HealthService(s.instance, s.defs, models=False)
@@ -603,19 +652,35 @@ def create_app(*, token: str | None = None, server_id: str | None = None):
 
 def _mount_docs(app) -> None:
     """``/api/docs``: Swagger UI from the ``swagger-ui-bundle`` package, served by this process
-    (FastAPI's default page loads it from a CDN, which a self-hosted machine may not reach)."""
-    from fastapi.openapi.docs import get_swagger_ui_html
+    (FastAPI's default page loads it from a CDN, which a self-hosted machine may not reach, and
+    starts it with an inline script, which the pages' Content-Security-Policy forbids). It is
+    started by ``/static/docs.js``, which also adds the ``X-Narra-Request`` header to the
+    requests its "Try it out" sends, as the web app does."""
+    from fastapi.responses import HTMLResponse
     from fastapi.staticfiles import StaticFiles
     from swagger_ui_bundle import swagger_ui_path
 
     app.mount("/api/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+    page = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>narra API</title>
+  <link rel="stylesheet" href="/api/docs-static/swagger-ui.css">
+  <link rel="icon" href="/api/docs-static/favicon-32x32.png">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/api/docs-static/swagger-ui-bundle.js"></script>
+  <script src="/static/docs.js"></script>
+</body>
+</html>
+"""
 
     @app.get("/api/docs", include_in_schema=False)
     def docs():
-        return get_swagger_ui_html(openapi_url="/api/openapi.json", title="narra API",
-                                   swagger_js_url="/api/docs-static/swagger-ui-bundle.js",
-                                   swagger_css_url="/api/docs-static/swagger-ui.css",
-                                   swagger_favicon_url="/api/docs-static/favicon-32x32.png")
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, *, insecure: bool = False,
@@ -656,7 +721,9 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, insecure: bool = False,
                 pass
             await super().shutdown(sockets)
 
-    app = create_app(token=token, server_id=server_id)
+    from narra_dagster.app.security import allowed_hosts
+
+    app = create_app(token=token, server_id=server_id, hosts=allowed_hosts(host))
     # open event streams end within 3 s of SIGTERM instead of holding the shutdown
     Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True,
                           timeout_graceful_shutdown=3)).run()

@@ -3,6 +3,9 @@
 "use strict";
 
 const API = "/api/v1";
+// Every request sends it: narra refuses a request that changes something without it, which is
+// what a form or a no-cors fetch of another site cannot send.
+const CSRF = { "X-Narra-Request": "1" };
 const $ = (sel, root = document) => root.querySelector(sel);
 
 function el(tag, attrs = {}, ...children) {
@@ -11,6 +14,7 @@ function el(tag, attrs = {}, ...children) {
     if (v === null || v === undefined || v === false) continue;
     if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (k === "text") node.textContent = v;
+    else if (k === "style") Object.assign(node.style, v);  // CSSOM: allowed by the page's policy
     else node.setAttribute(k, v === true ? "" : v);
   }
   for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c);
@@ -43,7 +47,8 @@ function snippet(hit, size = 240) {
 }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const response = await fetch(path, { credentials: "same-origin", ...options,
+                                      headers: { ...CSRF, ...(options.headers || {}) } });
   if (response.status === 401) { showLogin(); throw new Error("sign in first"); }
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
@@ -71,10 +76,11 @@ function showLogin() {
 async function signIn(event) {
   event.preventDefault();
   const response = await fetch(`${API}/session`, {
-    method: "POST", headers: { "Content-Type": "application/json" },
+    method: "POST", headers: { "Content-Type": "application/json", ...CSRF },
     body: JSON.stringify({ token: $("#token").value }), credentials: "same-origin" });
   if (!response.ok) { $("#login-error").textContent = "That token is not right."; return; }
   $("#login").hidden = true;
+  $("#sign-out").hidden = false;
   route();
 }
 
@@ -171,7 +177,8 @@ function boxedImage(src, box, width, height) {
     img.addEventListener("load", () => {
       const sx = img.clientWidth / (width || img.naturalWidth), sy = img.clientHeight / (height || img.naturalHeight);
       figure.append(el("div", { class: "box", "data-testid": "box",
-        style: `left:${box[0] * sx}px;top:${box[1] * sy}px;width:${(box[2] - box[0]) * sx}px;height:${(box[3] - box[1]) * sy}px` }));
+        style: { left: `${box[0] * sx}px`, top: `${box[1] * sy}px`,
+                 width: `${(box[2] - box[0]) * sx}px`, height: `${(box[3] - box[1]) * sy}px` } }));
     }, { once: true });
   }
   return figure;
@@ -190,6 +197,7 @@ function upload(file) {
   form.append("file", file, file.name);
   const xhr = new XMLHttpRequest();
   xhr.open("POST", `${API}/media`);
+  for (const [name, value] of Object.entries(CSRF)) xhr.setRequestHeader(name, value);
   xhr.upload.addEventListener("progress", (e) => { if (e.lengthComputable) bar.value = 40 * e.loaded / e.total; });
   xhr.addEventListener("load", () => {
     let body = {};
@@ -365,6 +373,21 @@ async function remove(mediaId, name) {
   location.href = "/";
 }
 
+async function signOut() {
+  await fetch(`${API}/session`, { method: "DELETE", headers: CSRF, credentials: "same-origin" });
+  $("#sign-out").hidden = true;
+  showLogin();
+}
+
+// The sign-out button, for a server with a token and a browser signed in.
+async function showSession() {
+  try {
+    const response = await fetch(`${API}/session`, { credentials: "same-origin", headers: CSRF });
+    const body = await response.json();
+    $("#sign-out").hidden = !(body.required && body.signed_in);
+  } catch (e) { /* an older server: no button */ }
+}
+
 // ---- routing ----
 function showHome() {
   $("#home-view").hidden = false; $("#item-view").hidden = true; $("#login").hidden = true;
@@ -382,6 +405,8 @@ function route() {
 document.addEventListener("DOMContentLoaded", () => {
   $("#search-form").addEventListener("submit", (e) => { e.preventDefault(); search($("#q").value.trim()); });
   $("#login-form").addEventListener("submit", signIn);
+  $("#sign-out").addEventListener("click", signOut);
+  showSession();
   setUpDrop();
   window.addEventListener("popstate", route);
   route();
