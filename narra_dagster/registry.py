@@ -7,7 +7,9 @@ command line read everything else from the entry.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 from narra_dagster.core.kind import MediaKind
 from narra_dagster.defs.document.kind import DOCUMENT
@@ -81,5 +83,21 @@ def kind_for_file(path: Path) -> MediaKind | None:
         OSError: when the file cannot be read.
     """
     with open(path, "rb") as fh:
-        head = fh.read(512)
-    return kind_for_bytes(head) or kind_for_extension(path.name)
+        return kind_for_open_file(fh, path.name)
+
+
+def kind_for_open_file(fh: BinaryIO, name: str) -> MediaKind | None:
+    """The kind of an open file, as :func:`kind_for_file` says it, from its first 512 bytes
+    read with ``pread`` (the file's position does not move) and the extension of ``name``.
+    For intake that must read one handle only: the inbox opens a file without following
+    links and sniffs, hashes and copies that same handle (``name`` is then only metadata).
+
+    Args:
+        fh: a binary file with a real descriptor (``fileno()``), opened for reading.
+        name: the name the file arrived under; only its extension is used.
+
+    Raises:
+        OSError: when the file cannot be read.
+    """
+    head = os.pread(fh.fileno(), 512, 0)
+    return kind_for_bytes(head) or kind_for_extension(name)

@@ -14,7 +14,9 @@ import dagster as dg
 from narra_dagster import registry
 from narra_dagster.core.batch import BATCH_TAG, batch_item_tag, batch_run_config, item_results
 from narra_dagster.core.errors import BadInputError
-from narra_dagster.defs.intake.uploads import store_upload
+from narra_dagster.core.media import KEY_LENGTH, file_sha256
+from narra_dagster.defs.intake.uploads import classify_upload, store_upload
+from narra_dagster.resources.item_lock import ItemBusy, item_lock
 from narra_dagster.core.runs import run_failure
 from narra_dagster.app.status import last_materialization
 from narra_dagster.resources.media_store import MediaStore
@@ -54,11 +56,27 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
 
 
 def register(path: Path, instance: dg.DagsterInstance, media_store: MediaStore) -> ProcessResult:
-    """Store a file and add its partition (no run). Errors are returned, not raised."""
+    """Store a file and add its partition (no run). Errors are returned, not raised: bad input
+    by its code, an unreadable file as ``unreadable``, an item held by a deletion for 30 s as
+    ``item_busy``.
+
+    The store and the partition happen under the item's lock
+    (:func:`narra_dagster.resources.item_lock.item_lock`), as in every other door: bytes that
+    meet a deletion of the same item wait for it and come back as its new version
+    (``restored``)."""
     result = ProcessResult(path=str(path), source_name=path.name)
     try:
-        upload = store_upload(path, media_store)
+        classify_upload(path)  # refuse what is not media before hashing it whole
+        digest = file_sha256(path)
+        with item_lock(digest[:KEY_LENGTH]):
+            upload = store_upload(path, media_store, sha256=digest)
+            name = registry.get(upload.kind).partitions.name
+            if not instance.has_dynamic_partition(name, upload.partition_key):
+                instance.add_dynamic_partitions(name, [upload.partition_key])
     except BadInputError as exc:
+        result.status, result.error, result.error_class = "failed", str(exc), exc.code
+        return result
+    except ItemBusy as exc:
         result.status, result.error, result.error_class = "failed", str(exc), exc.code
         return result
     except OSError as exc:
@@ -66,9 +84,6 @@ def register(path: Path, instance: dg.DagsterInstance, media_store: MediaStore) 
         return result
     result.partition_key, result.kind = upload.partition_key, upload.kind
     result.restored = upload.restored_after is not None
-    name = registry.get(upload.kind).partitions.name
-    if not instance.has_dynamic_partition(name, upload.partition_key):
-        instance.add_dynamic_partitions(name, [upload.partition_key])
     result.status = "registered"
     return result
 

@@ -1,4 +1,12 @@
-"""Status: per item, its stages' last materializations and its last run's outcome."""
+"""Status: per item, its stages' last materializations and its last run's outcome.
+
+An item deleted and uploaded again is a new version of it (``version`` 2, 3...; see
+:meth:`narra_dagster.resources.media_store.MediaStore.version`). Dagster's open-source storages
+cannot wipe a partition's history, so the deleted version's runs and materializations stay
+there; status counts only the runs created since the deletion and the materializations of those
+runs, so a re-uploaded item is ``registered``/``queued`` until its own run makes it
+``searchable``. ``narra status``, the API and the web page all read these functions.
+"""
 
 from __future__ import annotations
 
@@ -49,17 +57,34 @@ def items_status(instance: dg.DagsterInstance, media_store: MediaStore,
     by_kind: dict[str, list[str]] = {}
     for kind, key in entries:
         by_kind.setdefault(kind.name, []).append(key)
-    materialized: dict[tuple[str, str], dict[str, Any]] = {}  # (asset, key) -> last
+    versions = {key: _version(media_store, key) for _, key in entries}
+    cuts = {key: v["since"] for key, v in versions.items()
+            if v and isinstance(v.get("since"), (int, float))}
+    found: dict[tuple[str, str], Any] = {}  # (asset, key) -> last materialization record
     for kind_name, keys in by_kind.items():
         for stage in registry.get(kind_name).stages:
             for key, record in _last_materializations(instance, stage.key, keys).items():
-                materialized[(stage.key.to_user_string(), key)] = {
-                    "materialized_at": _iso(record.timestamp), "run_id": record.run_id}
+                found[(stage.key.to_user_string(), key)] = record
+    # A re-uploaded item's materializations count only when their run began after the
+    # deletion: a stage of the deleted version that finished just after it was deleted is
+    # recorded later than the deletion, by a run created before it. One query, only for them.
+    created: dict[str, float] = {}  # run id -> when the run was created (seconds)
+    run_ids = list({r.run_id for (_, key), r in found.items() if key in cuts})
+    if run_ids:
+        created = {r.dagster_run.run_id: r.create_timestamp.timestamp()
+                   for r in instance.get_run_records(dg.RunsFilter(run_ids=run_ids))}
+    materialized: dict[tuple[str, str], dict[str, Any]] = {
+        (asset, key): {"materialized_at": _iso(r.timestamp), "run_id": r.run_id}
+        for (asset, key), r in found.items()
+        if key not in cuts or (r.timestamp >= cuts[key]
+                               and created.get(r.run_id, r.timestamp) >= cuts[key])}
     # Each item's newest run of its own (a per-item run tags its partition): one query.
     own_runs: dict[str, Any] = {}
     keys = [key for _, key in entries]
     for record in instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": keys})):
         key = record.dagster_run.tags.get("dagster/partition")
+        if key in cuts and record.create_timestamp.timestamp() < cuts[key]:
+            continue  # a run of a deleted version
         if key not in own_runs or record.create_timestamp > own_runs[key].create_timestamp:
             own_runs[key] = record
     results: dict[str, list[dict[str, Any]]] = {}
@@ -74,7 +99,9 @@ def items_status(instance: dg.DagsterInstance, media_store: MediaStore,
                   for stage in kind.stages}
         # The item's last run: its own run, or a batch run that listed it (tagged per item).
         runs = [*([own_runs[key]] if key in own_runs else []),
-                *instance.get_run_records(dg.RunsFilter(tags={batch_item_tag(key): "1"}), limit=1)]
+                *(r for r in instance.get_run_records(
+                    dg.RunsFilter(tags={batch_item_tag(key): "1"}), limit=1)
+                  if key not in cuts or r.create_timestamp.timestamp() >= cuts[key])]
         last_run = None
         if runs:
             run = max(runs, key=lambda r: r.create_timestamp).dagster_run
@@ -103,8 +130,16 @@ def items_status(instance: dg.DagsterInstance, media_store: MediaStore,
             else ("searchable" if done else
                   (last_run["status"].lower() if last_run else "registered")),
             "last_run": last_run, "assets": assets,
+            "version": (versions[key] or {}).get("version") or 1,
         })
     return out
+
+
+def _version(media_store: MediaStore, key: str) -> dict[str, Any] | None:
+    try:
+        return media_store.version(key)
+    except (OSError, ValueError):
+        return None
 
 
 def _last_materializations(instance: dg.DagsterInstance, asset_key: dg.AssetKey,

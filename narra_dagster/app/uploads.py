@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import secrets
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,10 @@ import dagster as dg
 from narra_dagster import registry, settings
 from narra_dagster.defs.intake.requests import (has_first_run, pending_request, request_run,
                                                 run_request_for)
+from narra_dagster.core.media import KEY_LENGTH, file_sha256
 from narra_dagster.defs.intake.uploads import MAX_UPLOAD_BYTES, Upload, store_upload
 from narra_dagster.resources.events import make_event
+from narra_dagster.resources.item_lock import item_lock
 from narra_dagster.resources.media_store import MediaStore
 
 DEFAULT_MAX_BYTES = 5 * 1024**3
@@ -40,18 +41,22 @@ WRITE_BYTES = 1024 * 1024
 """An upload is written to disk in pieces of about this many bytes, each by a worker thread."""
 STALE_PART_S = 3600.0
 """A partial upload older than this (seconds) belongs to a server that died: removed at start."""
+IDLE_TIMEOUT_S = 60.0
+"""Default of ``NARRA_UPLOAD_IDLE_TIMEOUT_S``: an upload whose body brings no byte for this many
+seconds is refused with 408 and its partial file removed. Neither uvicorn (its
+``timeout_keep_alive`` covers the wait between requests, not a stalled body) nor Starlette
+bounds the reading of a body, so :func:`receive_file` bounds each read itself."""
 
 RECEIVED = "upload.received"
 RETRY_REQUESTED = "analysis.retry_requested"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_intake_lock = threading.Lock()
 log = logging.getLogger("narra.api")
 
 
 class UploadError(Exception):
-    """An upload refused before it became an item: ``status`` is the HTTP status (400, 413,
-    415), ``code`` the error class shown to the client."""
+    """An upload refused before it became an item: ``status`` is the HTTP status (400, 408,
+    413, 415; 499 when the client went away), ``code`` the error class shown to the client."""
 
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
@@ -76,6 +81,23 @@ def max_upload_bytes() -> int:
     return value
 
 
+def upload_idle_timeout_s() -> float:
+    """Seconds an upload's body may bring no byte before it is refused (408):
+    ``$NARRA_UPLOAD_IDLE_TIMEOUT_S`` or :data:`IDLE_TIMEOUT_S`.
+
+    Raises:
+        ValueError: when the variable is not a positive number.
+    """
+    raw = os.environ.get("NARRA_UPLOAD_IDLE_TIMEOUT_S")
+    try:
+        value = float(raw) if raw else IDLE_TIMEOUT_S
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"NARRA_UPLOAD_IDLE_TIMEOUT_S={raw!r} is not a positive number of seconds")
+    return value
+
+
 def clean_name(raw: bytes | str | None) -> str:
     """An upload's file name as metadata: decoded (UTF-8, else Latin-1), only its last path
     component (a browser may send ``C:\\fakepath\\x.mp4``), control characters removed, at most
@@ -92,7 +114,7 @@ def clean_name(raw: bytes | str | None) -> str:
 
 async def receive_file(request, limit: int, folder: Path | None = None,
                        ) -> tuple[Path, str, int, str]:
-    """Stream the ``file`` field of a ``multipart/form-data`` request to a new file.
+    """Stream the one file of a ``multipart/form-data`` request (field ``file``) to a new file.
 
     Args:
         request: a Starlette ``Request``.
@@ -104,12 +126,26 @@ async def receive_file(request, limit: int, folder: Path | None = None,
         its SHA-256 in hex, computed as the bytes arrive). The caller removes the file.
 
     Raises:
-        UploadError: 415 ``not_multipart`` for another content type; 413 ``too_large`` when the
-            declared length or the bytes received pass ``limit`` (the partial file is removed);
-            400 ``no_file`` when there is no ``file`` field.
+        UploadError: (on each, nothing is kept: the partial file is removed)
+            415 ``not_multipart`` for another content type;
+            413 ``too_large`` when the declared length or the bytes received pass ``limit``;
+            400 ``no_file`` when there is no ``file`` field;
+            400 ``one_file_per_request`` when a second file comes (a second ``file`` field,
+            or any other part with a file name): one request stores one file, so a file is
+            never silently dropped;
+            400 ``bad_multipart`` for a body that is not well-formed multipart (a wrong
+            boundary, a part header over python-multipart's 4,224 bytes, e.g. a 10,000
+            character file name, more than 8 headers in a part, a body that ends inside a part);
+            408 ``body_timeout`` when no byte came for :func:`upload_idle_timeout_s` seconds;
+            499 ``client_disconnected`` when the client went away (logged in one line).
+        ValueError: from :func:`upload_idle_timeout_s`.
     """
+    import asyncio
+
+    from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
     from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
     mime, params = parse_options_header(request.headers.get("content-type", ""))
     if mime != b"multipart/form-data" or not params.get(b"boundary"):
@@ -119,11 +155,12 @@ async def receive_file(request, limit: int, folder: Path | None = None,
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise UploadError(413, "too_large", f"the upload is {int(declared)} bytes, over the "
                                             f"limit of {limit} bytes (NARRA_MAX_UPLOAD_BYTES)")
+    idle_s = upload_idle_timeout_s()
     folder = folder or settings.uploads_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    settings.private_dir(folder)
     path = folder / f"{secrets.token_hex(8)}.part"
     state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "fh": None,
-                             "name": None, "size": 0, "done": False}
+                             "name": None, "size": 0, "done": False, "files": 0}
 
     def on_part_begin():
         state["headers"] = {}
@@ -140,9 +177,18 @@ async def receive_file(request, limit: int, folder: Path | None = None,
 
     def on_headers_finished():
         _, disposition = parse_options_header(state["headers"].get(b"content-disposition", b""))
-        if disposition.get(b"name") == b"file" and not state["done"] and state["fh"] is None:
+        named_file = disposition.get(b"name") == b"file"
+        if not named_file and b"filename" not in disposition:
+            return  # a plain form field: not a file, nothing is lost by skipping it
+        state["files"] += 1
+        if state["files"] > 1:
+            raise UploadError(400, "one_file_per_request",
+                              "the request holds more than one file; nothing was stored: send "
+                              "one request per file, each in the multipart field 'file'")
+        if named_file:
             state["name"] = clean_name(disposition.get(b"filename"))
-            state["fh"] = open(path, "wb")
+            state["fh"] = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                            settings.PRIVATE_FILE_MODE), "wb")
 
     pending = bytearray()  # written to disk by a worker thread once it holds WRITE_BYTES
     digest = hashlib.sha256()
@@ -169,6 +215,7 @@ async def receive_file(request, limit: int, folder: Path | None = None,
         "on_header_value": on_header_value, "on_header_end": on_header_end,
         "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
         "on_part_end": on_part_end})
+
     async def flush(final: bool = False) -> None:
         fh = state["fh"]
         if fh is not None and (len(pending) >= WRITE_BYTES or final or state.get("closing")):
@@ -179,19 +226,45 @@ async def receive_file(request, limit: int, folder: Path | None = None,
                 fh.close()
                 state["fh"], state["done"] = None, True
 
+    client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+    kept = False
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-            await flush()
+        async with contextlib.aclosing(request.stream()) as stream:
+            while True:
+                try:
+                    async with asyncio.timeout(idle_s):  # each read: a stalled body ends here
+                        chunk = await anext(stream, None)
+                except TimeoutError:
+                    log.warning("upload from %s sent no byte for %g s after %d bytes of its "
+                                "file: refused (408), partial file removed", client, idle_s,
+                                state["size"])
+                    raise UploadError(408, "body_timeout",
+                                      f"no byte of the body came for {idle_s:g} s "
+                                      "(NARRA_UPLOAD_IDLE_TIMEOUT_S); nothing was stored") from None
+                if chunk is None:
+                    break
+                parser.write(chunk)
+                await flush()
         parser.finalize()
         await flush(final=True)
-    except BaseException:
+        kept = state["done"]
+    except ClientDisconnect:
+        # a warning, so the default log shows it: the one line a disconnect is worth
+        log.warning("upload from %s: the client disconnected after %d bytes of its file; partial "
+                 "file removed", client, state["size"])
+        raise UploadError(499, "client_disconnected", "the client went away mid-upload") from None
+    except FormParserError as exc:
+        raise UploadError(400, "bad_multipart", f"the body is not well-formed multipart/form-data:"
+                                                f" {exc}") from None
+    finally:
         if state["fh"] is not None:
             state["fh"].close()
-        path.unlink(missing_ok=True)
-        raise
-    if not state["done"]:
-        path.unlink(missing_ok=True)
+        if not kept:
+            path.unlink(missing_ok=True)
+    if state["name"] is not None and not kept:
+        raise UploadError(400, "bad_multipart", "the body ended inside the file's part (a "
+                                                "truncated upload?); nothing was stored")
+    if not kept:
         raise UploadError(400, "no_file", "the request has no complete multipart field 'file'")
     return path, state["name"], state["size"], digest.hexdigest()
 
@@ -209,6 +282,12 @@ def remove_stale_parts(folder: Path | None = None, older_than_s: float = STALE_P
                 part.unlink()
                 removed += 1
     return removed
+
+
+class ItemGone(LookupError):
+    """The item a request names was deleted (``code`` ``deleted``)."""
+
+    code = "deleted"
 
 
 @dataclass(frozen=True)
@@ -230,33 +309,43 @@ def accept_upload(path: Path, source_name: str, instance: dg.DagsterInstance,
     type and this name fits (run again, as the inbox does). ``sha256``: the file's digest when
     known (:func:`receive_file` computes it), so the file is not read again for it.
 
+    Everything from the store to the run request happens under the item's lock
+    (:func:`narra_dagster.resources.item_lock.item_lock`), which a deletion holds too: an
+    upload that meets a deletion of the same bytes waits for it to end, then finds the item
+    deleted and becomes its new version (stored again, a partition, a run of its own:
+    ``new``), never "already here" for bytes being removed.
+
     Raises:
         BadInputError: ``empty_file``, ``unsupported_type``, ``too_large`` (from
             :func:`store_upload`); nothing is kept.
+        ItemBusy: the item stayed locked by another request (a deletion) for 30 s; nothing
+            was stored (``code`` ``item_busy``: answer it as a conflict to retry).
         OSError: when the store or the request folder cannot be written.
     """
     media_store: MediaStore = resources["media_store"]
-    with _intake_lock:  # the same bytes twice at once: one partition, one run request
+    digest = sha256 or file_sha256(path)
+    with item_lock(digest[:KEY_LENGTH]):  # the same bytes twice at once: one partition, one run
         upload = store_upload(path, media_store, source_name=source_name,
-                              ingested_by="narra serve", sha256=sha256)
+                              ingested_by="narra serve", sha256=digest)
         kind = registry.get(upload.kind)
         exists = instance.has_dynamic_partition(kind.partitions.name, upload.partition_key)
         reason = None
-        if exists and not upload.renamed_to_fit:
+        if exists and not upload.renamed_to_fit and not upload.restored_after:
             return Accepted(upload, new=False, run_requested=False)
-        if exists:
-            reason = f"renamed-{secrets.token_hex(4)}"
-        else:
+        if not exists:
             instance.add_dynamic_partitions(kind.partitions.name, [upload.partition_key])
-            if upload.restored_after:
-                reason = f"restored-{upload.restored_after}"
+        if upload.restored_after:  # also a partition a deletion that died midway left
+            reason = f"restored-{upload.restored_after}"
+        elif exists:
+            reason = f"renamed-{secrets.token_hex(4)}"
         # published before the run is asked for, so it comes before analysis.started
         _publish(resources, RECEIVED, upload.partition_key, kind.name, upload.source_name,
                  {"size_bytes": upload.size_bytes, "reason": reason})
         seconds = kind.media_seconds(path) if kind.media_seconds and reason is None else None
         request_run(upload.partition_key, kind.name, upload.source_name, reason=reason,
                     media_seconds=seconds)
-    return Accepted(upload, new=not exists, run_requested=True)
+    return Accepted(upload, new=not exists or upload.restored_after is not None,
+                    run_requested=True)
 
 
 def waiting_request(media_id: str, instance: dg.DagsterInstance) -> dict[str, Any] | None:
@@ -284,14 +373,23 @@ def request_retry(media_id: str, kind: str, source_name: str, instance: dg.Dagst
 
     Returns:
         The pending request record (``media_id``, ``kind``, ``reason``, ``requested_at``).
+
+    Raises:
+        ItemGone: the item was deleted meanwhile (checked under the item's lock, which a
+            deletion holds, so no retry is asked for an item that is gone).
+        ItemBusy: the item stayed locked (a deletion) for 30 s.
     """
-    waiting = waiting_request(media_id, instance)
-    if waiting is not None and str(waiting.get("reason") or "").startswith("retry-"):
-        return waiting  # asked already: one run, however often the button is pressed
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    request_run(media_id, kind, source_name, reason=f"retry-{stamp}")
-    _publish(resources, RETRY_REQUESTED, media_id, kind, source_name, {"reason": stamp})
-    return pending_request(media_id) or {}
+    with item_lock(media_id):
+        if (not instance.has_dynamic_partition(registry.get(kind).partitions.name, media_id)
+                or resources["media_store"].tombstone(media_id) is not None):
+            raise ItemGone(f"item {media_id} was deleted; there is nothing to retry")
+        waiting = waiting_request(media_id, instance)
+        if waiting is not None and str(waiting.get("reason") or "").startswith("retry-"):
+            return waiting  # asked already: one run, however often the button is pressed
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        request_run(media_id, kind, source_name, reason=f"retry-{stamp}")
+        _publish(resources, RETRY_REQUESTED, media_id, kind, source_name, {"reason": stamp})
+        return pending_request(media_id) or {}
 
 
 def _publish(resources: dict[str, Any], event_type: str, media_id: str, kind: str,

@@ -40,10 +40,18 @@ class BadInputError(NarraError):
     Codes used: ``empty_file``, ``not_media``, ``corrupt_media``, ``no_streams``,
     ``too_large``, ``unsupported_type``, ``missing_source``, ``type_mismatch`` (the name claims
     another kind than the bytes); images: ``not_image``, ``corrupt_image``,
-    ``unsupported_format``, ``decompression_bomb``; PDFs: see ``narra_dagster.defs.document.pdf``.
+    ``unsupported_format``, ``decompression_bomb``; PDFs: see ``narra_dagster.defs.document.pdf``;
+    ``deleted`` (:class:`ItemDeleted`).
     """
 
     code = "bad_input"
+
+
+class ItemDeleted(BadInputError):
+    """The item was deleted while (or before) a stage ran: the stage wrote nothing that stays,
+    and retrying cannot bring the item back (code ``deleted``, never retried)."""
+
+    code = "deleted"
 
 
 class StageTimeout(BaseException):

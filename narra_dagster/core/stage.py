@@ -7,6 +7,9 @@ resources it needs (``media_store``, ``transcriber``...); ``log`` receives a log
 kind's group, and keeps the :class:`Stage` (asset + function) so that batch runs
 (:mod:`narra_dagster.core.batch`) call exactly the same guarded function as the asset does:
 
+- **deletion guard**: a stage of an item that is deleted (its tombstone exists) before it
+  starts, or while it runs, fails with ``deleted`` and leaves nothing behind (see
+  :func:`refuse_if_deleted`);
 - **missing-source guard**: a partition with no stored upload (added by hand in the UI, or its
   upload deleted) fails with ``missing_source`` before the stage runs;
 - **declared-kind check**: an upload whose file name claims another kind than its bytes
@@ -28,7 +31,8 @@ from typing import Any
 import dagster as dg
 
 from narra_dagster.core import limits
-from narra_dagster.core.errors import BadInputError, classified_failures
+from narra_dagster.core.errors import BadInputError, ItemDeleted, classified_failures
+from narra_dagster.resources.item_lock import item_lock
 from narra_dagster.resources.media_store import SOURCE, MediaStore
 
 # Transient failures (a model runtime or an index write that hiccups) are retried up to 3 times,
@@ -88,7 +92,46 @@ def check_declared_kind(manifest: dict) -> None:
         "(the same bytes are the same item, which is then processed)", code="type_mismatch")
 
 
+def _deleted(key: str, stone: dict) -> ItemDeleted:
+    return ItemDeleted(f"item {key} was deleted at {stone.get('deleted_at', '?')}; nothing of "
+                       "it is processed or kept", code="deleted")
+
+
+def refuse_if_deleted(key: str, get: Callable[[str], Any], resource_keys: Iterable[str]) -> None:
+    """Fail a stage whose item is deleted, after removing whatever it wrote.
+
+    Called after the stage function returned, while holding the item's lock
+    (:func:`narra_dagster.resources.item_lock.item_lock`), which the deletion holds too. A
+    deletion writes the item's tombstone first and removes its files and index rows after, so
+    either it writes the tombstone after this check (and then removes what this stage wrote,
+    since the stage's writes came before the check) or before it (and this check sees it and
+    removes them here). Checking only before the stage leaves a stage that was running when the
+    item was deleted free to write its artifacts into a folder the deletion already removed.
+
+    Args:
+        key: the partition key.
+        get: resource key -> resource.
+        resource_keys: the resources the stage took (the indices it may have written to).
+
+    Raises:
+        ItemDeleted: when the item's tombstone exists; its folder in the media store and its
+            rows in the indices the stage writes to are gone by then.
+    """
+    store: MediaStore = get("media_store")
+    stone = store.tombstone(key)
+    if stone is None:
+        return
+    store.delete_item(key)
+    for name in ("search_index", "image_index"):
+        if name in resource_keys:
+            get(name).delete_item(key)
+    raise _deleted(key, stone)
+
+
 def _guard_source(media_store: MediaStore, key: str) -> None:
+    stone = media_store.tombstone(key)
+    if stone is not None:  # before missing_source: a deleted item's upload is gone too
+        raise _deleted(key, stone)
     if not media_store.exists(key, SOURCE):
         raise BadInputError(
             f"no upload is stored for partition {key}; add files with `narra ingest` or the "
@@ -143,7 +186,7 @@ class Stage:
 
         Raises:
             dagster.Failure: non-retryable, with ``error_class`` metadata, for bad input
-                (``missing_source``, ``type_mismatch`` or the stage's own codes).
+                (``deleted``, ``missing_source``, ``type_mismatch`` or the stage's own codes).
             Exception: anything else the stage raises, unchanged (transient: retried by the
                 stage's retry policy).
         """
@@ -154,8 +197,19 @@ class Stage:
             kwargs["log"] = log
         with classified_failures(self.name):
             _guard_source(get("media_store"), key)
-            with limits.time_limit(limits.current().stage_time_limit_s, f"{self.name} of {key}"):
-                return self.fn(key, **kwargs)
+            try:
+                with limits.time_limit(limits.current().stage_time_limit_s,
+                                       f"{self.name} of {key}"):
+                    result = self.fn(key, **kwargs)
+            except Exception:
+                # a stage that failed because its item went from under it (an artifact read
+                # or renamed into a folder just removed) is a deleted item, not an error
+                with item_lock(key):
+                    refuse_if_deleted(key, get, self.resource_keys)
+                raise
+            with item_lock(key):
+                refuse_if_deleted(key, get, self.resource_keys)
+            return result
 
 
 class StageSet:

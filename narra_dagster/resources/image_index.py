@@ -5,6 +5,9 @@
   comparison stage can find each new image's nearest earlier images.
 - ``catalog``: one row per image, filed by category, capture date and camera, for
   ``narra catalog`` and the UI.
+- ``references``: one row per (image, earlier image it lists among its nearest), so deleting an
+  image finds the images whose ``similarity.json`` and catalog row name it, without reading
+  every image's artifacts.
 
 Both are written per partition with ``merge_insert`` keyed on ``media_id`` (one commit; writing
 the same row twice leaves one row), from steps in the ``image_index`` pool so writes are
@@ -13,7 +16,9 @@ serialized across runs.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -28,6 +33,11 @@ from narra_dagster.resources.index_lock import write_lock
 
 IMAGES_TABLE = "images"
 CATALOG_TABLE = "catalog"
+REFERENCES_TABLE = "references"
+REFERENCES_SCHEMA = pa.schema([
+    pa.field("media_id", pa.string(), nullable=False),  # the image whose neighbours these are
+    pa.field("neighbour_id", pa.string(), nullable=False),  # an earlier image it lists
+])
 FEATURE_DIM = 1280
 
 
@@ -115,8 +125,32 @@ class ImageIndex(dg.ConfigurableResource, ABC):
         """Insert or replace one catalog row (keys of ``CATALOG_SCHEMA``)."""
 
     @abstractmethod
+    def set_references(self, media_id: str, neighbour_ids: list[str]) -> None:
+        """Record the images ``media_id`` lists among its nearest (replacing what it listed).
+
+        Raises:
+            ValueError: for a malformed partition key.
+        """
+
+    @abstractmethod
+    def referencing(self, media_id: str) -> list[str]:
+        """The images that list ``media_id`` among their nearest or as the image they duplicate
+        (``references`` and the catalog's ``duplicate_of``), sorted."""
+
+    @abstractmethod
+    def catalog_entry(self, media_id: str) -> dict[str, Any] | None:
+        """One image's catalog row, or None."""
+
+    @abstractmethod
+    @contextlib.contextmanager
+    def reference_lock(self) -> Iterator[None]:
+        """Held while an image's neighbours are chosen and recorded, and while a deletion takes
+        an image out of the others' neighbours, so neither misses the other."""
+
+    @abstractmethod
     def delete_item(self, media_id: str) -> int:
-        """Remove one item's row from the images table and the catalog; return rows removed.
+        """Remove one item's row from the images table and the catalog, and its references (as
+        an image and as a neighbour); return rows removed.
 
         Raises:
             ValueError: when ``media_id`` is not a partition key.
@@ -161,6 +195,47 @@ class LanceImageIndex(ImageIndex):
     def _catalog(self):
         return self._open(CATALOG_TABLE, CATALOG_SCHEMA)
 
+    def _references(self):
+        return self._open(REFERENCES_TABLE, REFERENCES_SCHEMA)
+
+    @contextlib.contextmanager
+    def reference_lock(self) -> Iterator[None]:
+        # its own lock file: the table writes inside the block take the tables' locks
+        with write_lock(self.uri, "neighbour-choice"):
+            yield
+
+    def set_references(self, media_id: str, neighbour_ids: list[str]) -> None:
+        for key in (media_id, *neighbour_ids):
+            if not is_partition_key(key):
+                raise ValueError(f"not a partition key: {key!r}")
+        table = self._references()
+        with write_lock(self.uri, table.name):
+            table.checkout_latest()
+            table.delete(f"media_id = '{media_id}'")
+            if neighbour_ids:
+                table.add(pa.Table.from_pylist(
+                    [{"media_id": media_id, "neighbour_id": n} for n in dict.fromkeys(neighbour_ids)],
+                    schema=REFERENCES_SCHEMA))
+
+    def referencing(self, media_id: str) -> list[str]:
+        if not is_partition_key(media_id):
+            raise ValueError(f"not a partition key: {media_id!r}")
+        found = set()
+        for table, column in ((self._references(), "neighbour_id"), (self._catalog(), "duplicate_of")):
+            table.checkout_latest()
+            rows = table.search().where(f"{column} = '{media_id}'").select(["media_id"]).limit(
+                None).to_list()
+            found.update(r["media_id"] for r in rows)
+        return sorted(found - {media_id})
+
+    def catalog_entry(self, media_id: str) -> dict[str, Any] | None:
+        if not is_partition_key(media_id):
+            raise ValueError(f"not a partition key: {media_id!r}")
+        table = self._catalog()
+        table.checkout_latest()
+        rows = table.search().where(f"media_id = '{media_id}'").limit(1).to_list()
+        return {k: rows[0][k] for k in CATALOG_SCHEMA.names} if rows else None
+
     def _upsert(self, table, rows: list[dict], schema: pa.Schema) -> None:
         data = pa.Table.from_pylist(rows, schema=schema)
         with write_lock(self.uri, table.name):
@@ -171,12 +246,14 @@ class LanceImageIndex(ImageIndex):
         if not is_partition_key(media_id):
             raise ValueError(f"not a partition key: {media_id!r}")
         removed = 0
-        for table in (self._images(), self._catalog()):
+        where = f"media_id = '{media_id}'"
+        for table, condition in ((self._images(), where), (self._catalog(), where),
+                                 (self._references(), f"{where} OR neighbour_id = '{media_id}'")):
             with write_lock(self.uri, table.name):
                 table.checkout_latest()
-                count = table.count_rows(f"media_id = '{media_id}'")
+                count = table.count_rows(condition)
                 if count:
-                    table.delete(f"media_id = '{media_id}'")
+                    table.delete(condition)
                 removed += count
         return removed
 

@@ -58,14 +58,21 @@ def _postgres_dsn() -> dict | None:
 
 
 @contextlib.contextmanager
-def _postgres_lock(dsn: dict, key: int) -> Iterator[None]:
+def _postgres_lock(dsn: dict, key: int, timeout_s: float | None = None) -> Iterator[None]:
     import psycopg2
 
     conn = psycopg2.connect(**dsn)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+            if timeout_s is None:
+                cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+            else:  # the wait is bounded by lock_timeout: LockNotAvailable past it
+                cur.execute("SET lock_timeout = %s", (f"{max(1, int(timeout_s * 1000))}ms",))
+                try:
+                    cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+                except psycopg2.errors.LockNotAvailable as exc:
+                    raise TimeoutError(f"advisory lock {key} still held after {timeout_s} s") from exc
         try:
             yield
         finally:
@@ -73,6 +80,46 @@ def _postgres_lock(dsn: dict, key: int) -> Iterator[None]:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, timeout_s: float | None = None, poll_s: float = 0.02) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created, mode 0600, with its folder) for the
+    block. Each call opens its own file description, so two threads of one process exclude
+    each other as two processes do; the kernel drops the lock when the holder dies.
+
+    Args:
+        path: the lock file.
+        timeout_s: give up after this many seconds (polled every ``poll_s``); None waits as
+            long as it takes.
+
+    Raises:
+        TimeoutError: when the lock is still held by another after ``timeout_s``.
+        OSError: when the lock file cannot be created.
+    """
+    import time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if timeout_s is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"{path} still locked after {timeout_s} s") from None
+                    time.sleep(poll_s)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -98,12 +145,5 @@ def write_lock(uri: str, table: str) -> Iterator[None]:
             with _postgres_lock(dsn, advisory_key(uri, table)):
                 yield
         return
-    folder = Path(uri.removeprefix("file://"))
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / f"{LOCK_NAME}.{table}", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(Path(uri.removeprefix("file://")) / f"{LOCK_NAME}.{table}"):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

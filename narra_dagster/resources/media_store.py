@@ -10,6 +10,7 @@ leaves either the old artifact or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import glob
 import json
 import os
@@ -32,6 +33,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 SOURCE = "source"
 TOMBSTONES = "_deleted"  # <root>/_deleted/<key>.json: never a partition key, so never an item
+VERSIONS = "_versions"  # <root>/_versions/<key>.json: items deleted and uploaded again
 MANIFEST = "manifest.json"
 
 
@@ -123,7 +125,26 @@ class MediaStore(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def take_tombstone(self, key: str) -> dict[str, Any] | None:
-        """Remove and return an item's tombstone (its bytes were uploaded again), or None."""
+        """Remove and return an item's tombstone (its bytes were uploaded again), or None.
+        A store that keeps versions (:meth:`version`) records here that a new version of the
+        item begins."""
+
+    def tombstone(self, key: str) -> dict[str, Any] | None:
+        """The tombstone of item ``key`` when it is deleted now, else None. Stages ask it before
+        and after they write (:mod:`narra_dagster.core.stage`); a store should answer it with
+        one lookup (this default lists every tombstone)."""
+        return self.tombstones().get(key)
+
+    def version(self, key: str) -> dict[str, Any] | None:
+        """The current version of an item deleted before and uploaded again:
+        ``{"version": n (2 for the first re-upload), "since": the deletion's time, seconds
+        since the epoch}``; None for an item never deleted (version 1), or for a store that
+        does not keep versions. Status counts only the runs and materializations of the
+        current version (:mod:`narra_dagster.app.status`)."""
+        return None
+
+    def forget_version(self, key: str) -> None:
+        """Drop the version record of ``key`` (its deletion's tombstone carries the number)."""
 
     def manifest(self, key: str) -> dict[str, Any]:
         """Return what was recorded at ingest: kind, source name, size, SHA-256, time."""
@@ -159,7 +180,7 @@ class LocalMediaStore(MediaStore):
     )
 
     def probe(self) -> str:
-        Path(self.root).mkdir(parents=True, exist_ok=True)
+        settings.private_dir(Path(self.root))
         with tempfile.NamedTemporaryFile(dir=self.root, prefix=".health-", suffix=".tmp") as fh:
             fh.write(b"ok")
             fh.flush()
@@ -168,19 +189,21 @@ class LocalMediaStore(MediaStore):
     def delete_item(self, key: str) -> int:
         _check(key, SOURCE)
         folder = self._dir(key)
-        if not folder.exists():
+        # Renamed away first, so a reader never sees a half-deleted item under its key; a name
+        # of its own per call, as a deletion and a stage refusing to write may both remove it.
+        doomed = folder.with_name(f".deleting-{key}-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.replace(folder, doomed)
+        except FileNotFoundError:  # nothing there, or removed by another caller just now
             return 0
-        count = sum(1 for p in folder.rglob("*") if p.is_file())
-        # Renamed away first, so a reader never sees a half-deleted item under its key.
-        doomed = folder.with_name(f".deleting-{key}-{os.getpid()}")
-        os.replace(folder, doomed)
-        shutil.rmtree(doomed)
+        count = sum(1 for p in doomed.rglob("*") if p.is_file())
+        shutil.rmtree(doomed, ignore_errors=True)
         return count
 
     def write_tombstone(self, key: str, record: dict[str, Any]) -> None:
         _check(key, SOURCE)
         folder = Path(self.root) / TOMBSTONES
-        folder.mkdir(parents=True, exist_ok=True)
+        settings.private_dir(folder)
         fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(record, fh)
@@ -200,8 +223,46 @@ class LocalMediaStore(MediaStore):
             record = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
+        # A new version of the item begins: recorded before the tombstone goes, so a crash in
+        # between leaves the item deleted, never a live item whose old runs count as its own.
+        since = record.get("deleted_at_s")
+        if not isinstance(since, (int, float)):
+            try:  # a tombstone written before deletions recorded the exact time
+                since = dt.datetime.fromisoformat(record.get("deleted_at", "")).timestamp()
+            except (TypeError, ValueError):
+                since = time.time()
+        self._write_record(VERSIONS, key, {"version": int(record.get("version") or 1) + 1,
+                                           "since": since})
         path.unlink(missing_ok=True)
         return record
+
+    def tombstone(self, key: str) -> dict[str, Any] | None:
+        _check(key, SOURCE)
+        try:
+            return json.loads((Path(self.root) / TOMBSTONES / f"{key}.json")
+                              .read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def version(self, key: str) -> dict[str, Any] | None:
+        _check(key, SOURCE)
+        try:
+            return json.loads((Path(self.root) / VERSIONS / f"{key}.json")
+                              .read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def forget_version(self, key: str) -> None:
+        _check(key, SOURCE)
+        (Path(self.root) / VERSIONS / f"{key}.json").unlink(missing_ok=True)
+
+    def _write_record(self, folder_name: str, key: str, record: dict[str, Any]) -> None:
+        folder = Path(self.root) / folder_name
+        settings.private_dir(folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(record, fh)
+        os.replace(tmp, folder / f"{key}.json")
 
     def _dir(self, key: str) -> Path:
         return Path(self.root) / key
@@ -217,7 +278,7 @@ class LocalMediaStore(MediaStore):
     def writer(self, key: str, name: str) -> Iterator[Path]:
         _check(key, name)
         folder = self._dir(key)
-        folder.mkdir(parents=True, exist_ok=True)
+        settings.private_dir(folder)
         _remove_orphans(folder, name)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
         os.close(fd)

@@ -27,6 +27,7 @@ from narra_dagster.defs.image.similarity import (
     NEAR_DUPLICATE_COSINE,
     NEAR_DUPLICATE_PHASH,
     compare,
+    without,
 )
 from narra_dagster.resources.embedder import TextEmbedder
 from narra_dagster.resources.image_index import ImageIndex, ImageRecord
@@ -392,18 +393,27 @@ def image_similarity(key: str, *, media_store: MediaStore, image_index: ImageInd
     started = time.perf_counter()
     image_index.upsert_image(record)
     order = (record.ingested_at or "", record.indexed_at)
-    candidates = image_index.nearest(features, limit=NEIGHBOURS * 4, exclude=key)
-    earlier = [n for n in candidates if (n.ingested_at or "", n.indexed_at) < order][:NEIGHBOURS]
-    elapsed = time.perf_counter() - started
-    compared = compare(earlier, record.phash, record.dhash)
-    duplicates = [c for c in compared if c["duplicate"]]
-    best = min(duplicates, key=lambda c: c["cosine_distance"]) if duplicates else None
-    nearest = compared[0] if compared else None
-    result = {"neighbours": compared, "duplicate_of": best and best["media_id"],
-              "duplicate": best and best["duplicate"],
-              "thresholds": {"near_cosine": NEAR_DUPLICATE_COSINE, "near_phash": NEAR_DUPLICATE_PHASH,
-                             "exact_cosine": EXACT_DUPLICATE_COSINE, "exact_phash": EXACT_DUPLICATE_PHASH}}
-    media_store.write_json(key, SIMILARITY, result)
+    # Neighbours chosen and recorded under the reference lock, which a deletion holds while it
+    # takes its image out of the others' neighbours: an image deleted before this block is left
+    # out here (its tombstone is written before its rows go), one deleted after finds this
+    # image in ``references`` and rewrites it (narra_dagster.defs.image.references).
+    with image_index.reference_lock():
+        candidates = image_index.nearest(features, limit=NEIGHBOURS * 4, exclude=key)
+        earlier = [n for n in candidates if (n.ingested_at or "", n.indexed_at) < order
+                   and media_store.tombstone(n.media_id) is None][:NEIGHBOURS]
+        elapsed = time.perf_counter() - started
+        compared = compare(earlier, record.phash, record.dhash)
+        duplicates = [c for c in compared if c["duplicate"]]
+        best = min(duplicates, key=lambda c: c["cosine_distance"]) if duplicates else None
+        nearest = compared[0] if compared else None
+        result = {"neighbours": compared, "duplicate_of": best and best["media_id"],
+                  "duplicate": best and best["duplicate"],
+                  "thresholds": {"near_cosine": NEAR_DUPLICATE_COSINE,
+                                 "near_phash": NEAR_DUPLICATE_PHASH,
+                                 "exact_cosine": EXACT_DUPLICATE_COSINE,
+                                 "exact_phash": EXACT_DUPLICATE_PHASH}}
+        media_store.write_json(key, SIMILARITY, result)
+        image_index.set_references(key, [c["media_id"] for c in compared])
     if best:
         log.warning(f"{key} is a {best['duplicate']} duplicate of {best['media_id']} "
                     f"({best['source_name']}): cosine {best['cosine_distance']:.3f}, "
@@ -454,20 +464,12 @@ def image_catalog(key: str, *, media_store: MediaStore, image_index: ImageIndex,
     meta = media_store.read_json(key, METADATA)
     labels = media_store.read_json(key, LABELS)
     text = media_store.read_json(key, TEXT)
-    similarity = media_store.read_json(key, SIMILARITY)
-    top = labels["labels"][0]
-    captured = meta.get("captured_at")
-    entry = {
-        "media_id": key, "source_name": meta.get("source_name"), "category": labels["category"],
-        "label": top["name"], "label_score": top["score"], "captured_at": captured,
-        "capture_date": captured[:10] if captured else None, "camera": meta.get("camera"),
-        "width": meta["width"], "height": meta["height"], "format": meta["format"],
-        "ocr_lines": len(text["lines"]), "duplicate_of": similarity.get("duplicate_of"),
-        "thumbnail": media_store.uri(key, THUMBNAILS["small"]),
-        "ingested_at": _manifest(media_store, key).get("ingested_at"),
-    }
-    image_index.upsert_catalog(entry)
-    media_store.write_json(key, CATALOG, entry)
+    with image_index.reference_lock():  # the duplicate filed is not one deleted meanwhile
+        similarity = media_store.read_json(key, SIMILARITY)
+        duplicate = similarity.get("duplicate_of")
+        if duplicate and media_store.tombstone(duplicate) is not None:
+            similarity = without(similarity, duplicate)
+        entry = _file_in_catalog(key, meta, labels, text, similarity, media_store, image_index)
     rows = image_index.catalog()
     counts: dict[str, int] = {}
     for row in rows:
@@ -486,6 +488,25 @@ def image_catalog(key: str, *, media_store: MediaStore, image_index: ImageIndex,
         "catalog": listing,
         "path": dg.MetadataValue.path(media_store.uri(key, CATALOG)),
     })
+
+
+def _file_in_catalog(key: str, meta: dict[str, Any], labels: dict[str, Any],
+                     text: dict[str, Any], similarity: dict[str, Any], media_store: MediaStore,
+                     image_index: ImageIndex) -> dict[str, Any]:
+    top = labels["labels"][0]
+    captured = meta.get("captured_at")
+    entry = {
+        "media_id": key, "source_name": meta.get("source_name"), "category": labels["category"],
+        "label": top["name"], "label_score": top["score"], "captured_at": captured,
+        "capture_date": captured[:10] if captured else None, "camera": meta.get("camera"),
+        "width": meta["width"], "height": meta["height"], "format": meta["format"],
+        "ocr_lines": len(text["lines"]), "duplicate_of": similarity.get("duplicate_of"),
+        "thumbnail": media_store.uri(key, THUMBNAILS["small"]),
+        "ingested_at": _manifest(media_store, key).get("ingested_at"),
+    }
+    image_index.upsert_catalog(entry)
+    media_store.write_json(key, CATALOG, entry)
+    return entry
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,3 +38,17 @@ def compare(neighbours: list[Neighbour], phash: str, dhash: str) -> list[dict[st
          "duplicate": duplicate_kind(n.cosine_distance, imaging.hamming(phash, n.phash))}
         for n in neighbours
     ]
+
+
+def without(similarity: dict[str, Any], media_id: str) -> dict[str, Any]:
+    """An image's comparison (``similarity.json``) once the image ``media_id`` is deleted: that
+    neighbour dropped, and the duplicate it named replaced by the closest remaining duplicate
+    (or none)."""
+    neighbours = [n for n in similarity.get("neighbours", []) if n.get("media_id") != media_id]
+    out = {**similarity, "neighbours": neighbours}
+    if similarity.get("duplicate_of") == media_id:
+        duplicates = [n for n in neighbours if n.get("duplicate")]
+        best = min(duplicates, key=lambda n: n["cosine_distance"]) if duplicates else None
+        out["duplicate_of"] = best["media_id"] if best else None
+        out["duplicate"] = best["duplicate"] if best else None
+    return out

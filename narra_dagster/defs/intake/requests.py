@@ -22,6 +22,15 @@ are removed, now that Dagster has committed that tick's runs together with its c
 rewritten since (a new retry of the same item) stays for this tick. Then every request file,
 oldest first, up to :data:`MAX_PER_TICK`, becomes a run request; an unreadable one is moved
 aside to ``requests/.rejected/`` with the reason logged, never retried forever.
+
+Deletion: ``narra delete`` and ``DELETE /api/v1/media/{id}`` withdraw the item's request
+(:func:`withdraw_request`) while holding the item's lock
+(:func:`narra_dagster.resources.item_lock.item_lock`), and the sensor reads each request under
+the same lock, so a request is either taken before the deletion (its run then finds the item
+deleted and ends ``deleted``, :mod:`narra_dagster.core.stage`) or gone. A request whose item has
+no partition any more although it ran before (a batch run asking a deleted item to run alone) is
+dropped: the sensor adds a missing partition only for an item that never ran, so a deleted item
+never comes back.
 """
 
 from __future__ import annotations
@@ -38,8 +47,12 @@ from narra_dagster import registry, settings
 from narra_dagster.core.batch import batch_item_tag, batch_run_request, plan_batches
 from narra_dagster.core.kind import printable
 from narra_dagster.core.media import is_partition_key
+from narra_dagster.resources.item_lock import ItemBusy, item_lock
 
 MAX_PER_TICK = 200
+LOCK_WAIT_S = 5.0
+"""Seconds the sensor waits for an item held by a deletion or an upload before leaving its
+request for the next tick."""
 
 
 def request_run(media_id: str, kind: str, source_name: str, *, reason: str | None = None,
@@ -89,10 +102,36 @@ def pending_request(media_id: str, folder: Path | None = None) -> dict[str, Any]
         return None
 
 
+def withdraw_request(media_id: str, folder: Path | None = None) -> bool:
+    """Remove the request of ``media_id`` the sensor has not taken yet (the item is being
+    deleted); True when there was one. The caller holds the item's lock, as the sensor does
+    when it reads a request, so the sensor never takes a request withdrawn before it looked.
+
+    Raises:
+        ValueError: for a malformed media id.
+    """
+    if not is_partition_key(media_id):
+        raise ValueError(f"not a media id: {media_id!r}")
+    folder = folder or settings.requests_dir()
+    try:
+        (folder / f"{media_id}.json").unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
 def has_first_run(instance: dg.DagsterInstance, media_id: str) -> bool:
     """Whether an item's first run exists: a per-item or batch run tagged with the item
     (:func:`narra_dagster.core.batch.batch_item_tag`). One indexed query on the run tags."""
     return bool(instance.get_run_ids(dg.RunsFilter(tags={batch_item_tag(media_id): "1"}), limit=1))
+
+
+def ran_before(instance: dg.DagsterInstance, media_id: str) -> bool:
+    """Whether any run of the item exists: its first run (:func:`has_first_run`) or a run on
+    its partition (``narra process``, a retry). An item that ran and has no partition any more
+    was deleted. At most two indexed queries on the run tags."""
+    return has_first_run(instance, media_id) or bool(instance.get_run_ids(
+        dg.RunsFilter(tags={"dagster/partition": media_id}), limit=1))
 
 
 def run_request_for(request: dict[str, Any]) -> tuple[dg.RunRequest, registry.MediaKind]:
@@ -141,10 +180,28 @@ def run_request_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     adds: dict[str, list[str]] = {}
     for path in files[:MAX_PER_TICK]:
         try:
-            mtime_ns = path.stat().st_mtime_ns
-            record = json.loads(path.read_text())
-            request, kind = run_request_for(record)
+            if not is_partition_key(path.stem):
+                raise ValueError(f"not a media id: {path.stem!r}")
+            # Read and decided on under the item's lock: a deletion withdraws the request under
+            # it, so the request is either read before the deletion began or gone.
+            with item_lock(path.stem, timeout_s=LOCK_WAIT_S):
+                mtime_ns = path.stat().st_mtime_ns
+                record = json.loads(path.read_text())
+                request, kind = run_request_for(record)
+                key = request.partition_key
+                if key != path.stem:
+                    raise ValueError(f"the request in {path.name} names another item, {key}")
+                exists = context.instance.has_dynamic_partition(kind.partitions.name, key)
+                if not exists and ran_before(context.instance, key):
+                    # the item ran before and its partition is gone: it was deleted
+                    path.unlink(missing_ok=True)
+                    context.log.info(f"dropped the run request of {key}: the item was deleted")
+                    continue
         except FileNotFoundError:
+            continue
+        except ItemBusy:
+            context.log.info(f"{path.name}: its item is busy (a deletion or an upload); "
+                             "left for the next tick")
             continue
         except (OSError, ValueError, KeyError, TypeError) as exc:
             rejected = folder / ".rejected"
@@ -154,8 +211,7 @@ def run_request_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
                                 f"{type(exc).__name__}: {exc}")
             continue
         taken[path.name] = mtime_ns
-        key = request.partition_key
-        if not context.instance.has_dynamic_partition(kind.partitions.name, key):
+        if not exists:
             adds.setdefault(kind.name, []).append(key)
         if record.get("reason"):
             run_requests.append(request)

@@ -52,7 +52,7 @@ def s3_upload_tick(context: dg.SensorEvaluationContext, s3_inbox, media_store: M
     picked = stable[: s3_inbox.max_per_tick]
     picked_keys = {o["Key"] for o in picked}
 
-    new = NewItems(context.instance, "s3_upload_sensor")
+    new = NewItems(context.instance, "s3_upload_sensor", media_store)
     rejected = 0
     for obj in picked:
         name = PurePosixPath(obj["Key"]).name

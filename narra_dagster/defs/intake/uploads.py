@@ -3,9 +3,15 @@ application layer (``narra process``, ``narra ingest``)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import dagster as dg
 
@@ -15,6 +21,7 @@ from narra_dagster.core.errors import BadInputError
 from narra_dagster.core.kind import MediaKind
 from narra_dagster.core.media import KEY_LENGTH, file_sha256
 from narra_dagster.core.stage import name_fits, names_of
+from narra_dagster.resources.item_lock import item_lock
 from narra_dagster.resources.media_store import MANIFEST, SOURCE, MediaStore
 
 MAX_UPLOAD_BYTES = 20 * 1024**3  # 20 GiB: far beyond any clip, short of filling a disk by mistake
@@ -37,34 +44,98 @@ class Upload:
     item to process from scratch)."""
 
 
-def classify_upload(path: Path) -> MediaKind:
-    """Return the kind of a file that narra can process.
+class ChangedWhileReading(OSError):
+    """The file's bytes changed between being hashed and being copied (a writer still at it,
+    or someone rewriting it on purpose): nothing was stored under its key. Read it again later
+    (the inbox sensor tries it next tick)."""
 
-    Raises:
-        BadInputError: ``empty_file`` for 0 bytes (rejected before it becomes a partition: every
-            empty file has the same content, so it would be one item whatever its name),
-            ``unsupported_type`` when the bytes and extension match no supported kind,
-            ``too_large`` past 20 GiB.
-        OSError: when the file cannot be read.
-    """
-    size = path.stat().st_size
-    if size == 0:
+
+# O_NONBLOCK: a FIFO named as an upload opens at once (and is then refused) instead of waiting
+# for a writer that may never come; it changes nothing for a regular file.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_BLOCK = 1024 * 1024
+
+
+@contextlib.contextmanager
+def _reading(source: Path | BinaryIO) -> Iterator[tuple[BinaryIO, str]]:
+    """(an open binary file, the name it came under) for a path (opened here) or an open file
+    (the caller's; not closed)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        with os.fdopen(os.open(path, _OPEN_FLAGS), "rb") as fh:
+            yield fh, path.name
+    else:
+        name = getattr(source, "name", None)
+        yield source, Path(name).name if isinstance(name, str) else ""
+
+
+def _classify(fh: BinaryIO, name: str) -> tuple[MediaKind, os.stat_result]:
+    st = os.fstat(fh.fileno())
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInputError("not a regular file (a folder, FIFO, socket or device): there is "
+                            "nothing to store", code="not_a_file")
+    if st.st_size == 0:
         raise BadInputError("the file is empty (0 bytes): there is nothing to process",
                             code="empty_file")
-    if size > MAX_UPLOAD_BYTES:
-        raise BadInputError(f"the file is {size} bytes, over the {MAX_UPLOAD_BYTES}-byte limit",
-                            code="too_large")
-    kind = registry.kind_for_file(path)
+    if st.st_size > MAX_UPLOAD_BYTES:
+        raise BadInputError(
+            f"the file is {st.st_size} bytes, over the {MAX_UPLOAD_BYTES}-byte limit",
+            code="too_large")
+    kind = registry.kind_for_open_file(fh, name)
     if kind is None:
         raise BadInputError(
             "not a file type narra recognizes (neither its first bytes nor its extension match "
             f"{' or '.join(k.noun for k in registry.KINDS)})", code="unsupported_type")
-    return kind
+    return kind, st
 
 
-def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None = None,
-                 ingested_by: str = "narra", sha256: str | None = None) -> Upload:
+def classify_upload(path: Path | BinaryIO, name: str | None = None) -> MediaKind:
+    """Return the kind of a file that narra can process.
+
+    Args:
+        path: the file's path, or a binary file already open for reading (with a real
+            descriptor; its position is not moved).
+        name: the name whose extension is the fallback when the bytes say nothing
+            recognisable; default the path's (or the open file's) name.
+
+    Raises:
+        BadInputError: ``not_a_file`` for a folder, FIFO, socket or device; ``empty_file`` for
+            0 bytes (rejected before it becomes a partition: every empty file has the same
+            content, so it would be one item whatever its name), ``unsupported_type`` when the
+            bytes and extension match no supported kind, ``too_large`` past 20 GiB.
+        OSError: when the file cannot be opened or read.
+    """
+    with _reading(path) as (fh, arrived_as):
+        return _classify(fh, name if name is not None else arrived_as)[0]
+
+
+def _copy_verified(fh: BinaryIO, media_store: MediaStore, key: str, digest: str) -> int:
+    """Copy ``fh`` from its start into the store as item ``key``'s source, hashing as it goes;
+    the copy is kept only if its SHA-256 is ``digest``. Returns the bytes copied."""
+    copied = hashlib.sha256()
+    with media_store.writer(key, SOURCE) as tmp:
+        with open(tmp, "wb") as out:  # the writer's temporary file, mode 0600
+            for block in iter(lambda: os.read(fh.fileno(), _BLOCK), b""):
+                copied.update(block)
+                out.write(block)
+        if copied.hexdigest() != digest:  # raising here leaves nothing stored
+            raise ChangedWhileReading(
+                f"the file changed while it was read (SHA-256 {digest[:16]}... when hashed, "
+                f"{copied.hexdigest()[:16]}... when copied): nothing was stored")
+        return tmp.stat().st_size
+
+
+def store_upload(path: Path | BinaryIO, media_store: MediaStore, *,
+                 source_name: str | None = None, ingested_by: str = "narra",
+                 sha256: str | None = None) -> Upload:
     """Hash a file, copy it into the media store under its partition key, record a manifest.
+
+    The file is opened once (a path is opened here; an open file is the caller's) and sniffed,
+    hashed and copied from that one descriptor, so a name swapped meanwhile for a link to
+    another file changes nothing: the inbox sensor passes the file it opened without following
+    links (:meth:`narra_dagster.resources.inbox.LocalInbox.open_file`). The copy is hashed as
+    it is written and kept only if it has the digest the key came from: a content-addressed
+    key always names the bytes stored under it.
 
     Idempotent: the same bytes give the same key, and an item already in the store is not
     copied again. Names are metadata: each new name the same bytes arrive under is added to the
@@ -72,22 +143,35 @@ def store_upload(path: Path, media_store: MediaStore, *, source_name: str | None
     bytes' kind. ``sha256``: the file's digest (hex) when the caller computed it already, as
     the HTTP API does while it receives the bytes; else it is computed here.
 
+    Args:
+        path: the file's path (links in it are followed: the caller named it), or a binary
+            file open for reading with a real descriptor (read from its start).
+        source_name: the name the file arrived under; default the path's name (an open file's
+            ``name`` when it is a string).
+
     Raises:
         BadInputError: see :func:`classify_upload`.
+        ChangedWhileReading: the bytes changed between hashing and copying (an ``OSError``).
         OSError: when the file cannot be read or the store cannot be written.
     """
-    kind = classify_upload(path).name
-    digest = sha256 or file_sha256(path)
-    key = digest[:KEY_LENGTH]
-    name = source_name if source_name is not None else path.name
-    # A name whose bytes are not UTF-8 (Python holds them as surrogates) is kept readable,
-    # with U+FFFD for the undecodable bytes: it is metadata, never a path.
-    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    tombstone = media_store.take_tombstone(key)
-    if not media_store.exists(key, SOURCE):
-        size = media_store.put_file(key, SOURCE, path)
-    else:
-        size = path.stat().st_size
+    with _reading(path) as (fh, arrived_as):
+        name = source_name if source_name is not None else arrived_as
+        kind_of, st = _classify(fh, name)
+        kind = kind_of.name
+        if sha256 is None:
+            os.lseek(fh.fileno(), 0, os.SEEK_SET)
+            sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
+        digest = sha256
+        key = digest[:KEY_LENGTH]
+        # A name whose bytes are not UTF-8 (Python holds them as surrogates) is kept readable,
+        # with U+FFFD for the undecodable bytes: it is metadata, never a path.
+        name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        tombstone = media_store.take_tombstone(key)
+        if not media_store.exists(key, SOURCE):
+            os.lseek(fh.fileno(), 0, os.SEEK_SET)
+            size = _copy_verified(fh, media_store, key, digest)
+        else:
+            size = st.st_size
     declared = registry.kind_for_extension(name)  # what the name claims, checked by each stage
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     entry = {"name": name, "declared_kind": declared.name if declared else None,
@@ -123,14 +207,24 @@ class NewItems:
     of declared media each); an item alone in its batch, or run again (renamed to fit, restored
     after a delete), gets a per-item run.
 
+    Each upload is decided on under its item's lock
+    (:func:`narra_dagster.resources.item_lock.item_lock`), which a deletion holds too: when a
+    deletion of the same bytes ran between the store and this decision (the upload's tombstone
+    back, or its stored files gone), the upload is stored again, now that nothing can
+    interleave, and becomes the item's new version.
+
     Args:
         instance: the Dagster instance (its partitions say what is new).
         launched_by: the ``narra/launched_by`` tag of the runs (the sensor's name).
+        media_store: the store the uploads went to; without it an upload a deletion removed
+            between its store and :meth:`add` is not stored again.
     """
 
-    def __init__(self, instance: dg.DagsterInstance, launched_by: str):
+    def __init__(self, instance: dg.DagsterInstance, launched_by: str,
+                 media_store: MediaStore | None = None):
         self._instance = instance
         self._launched_by = launched_by
+        self._media_store = media_store
         self._keys: dict[str, list[str]] = {}
         self._first: dict[str, list[tuple[Upload, float | None]]] = {}
         self._again: list[dg.RunRequest] = []
@@ -140,7 +234,27 @@ class NewItems:
         """Take one stored upload; True when it is a new item (its partition and run asked), or
         an item that failed only because of its name and now has one that fits (run again,
         under a run key naming the fix). ``path``: the file, still readable, so a kind that
-        declares durations (:attr:`MediaKind.media_seconds`) can size its batch."""
+        declares durations (:attr:`MediaKind.media_seconds`) can size its batch, and so an
+        upload a deletion removed meanwhile can be stored again.
+
+        Raises:
+            ItemBusy: the item stayed locked by a deletion for 30 s (the caller tries the file
+                again next tick).
+            BadInputError, OSError: from storing the file again (see :func:`store_upload`).
+        """
+        from narra_dagster.defs.intake.requests import ran_before
+
+        with item_lock(upload.partition_key):
+            store = self._media_store
+            if store is not None and path is not None and (
+                    store.tombstone(upload.partition_key) is not None
+                    or not store.exists(upload.partition_key, SOURCE)
+                    or not store.exists(upload.partition_key, MANIFEST)):
+                upload = store_upload(path, store, source_name=upload.source_name,
+                                      ingested_by=self._launched_by, sha256=upload.sha256)
+            return self._add(upload, path, ran_before)
+
+    def _add(self, upload: Upload, path: Path | None, ran_before) -> bool:
         kind = registry.get(upload.kind)
         keys = self._keys.setdefault(kind.name, [])
         if upload.partition_key in keys:  # new this tick: its run reads every name it has
@@ -153,9 +267,14 @@ class NewItems:
                 return True
             return False
         keys.append(upload.partition_key)
-        if upload.restored_after:
+        restored = upload.restored_after
+        if restored is None and ran_before(self._instance, upload.partition_key):
+            # ran before, no partition now: deleted (its tombstone taken by a store that met
+            # the deletion), so not a first run either
+            restored = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+        if restored:
             # An item deleted and uploaded again needs a run key its first upload did not use.
-            self._again.append(kind.run_request(upload, reason=f"restored-{upload.restored_after}"))
+            self._again.append(kind.run_request(upload, reason=f"restored-{restored}"))
         else:
             seconds = kind.media_seconds(path) if kind.media_seconds and path else None
             self._first.setdefault(kind.name, []).append((upload, seconds))
