@@ -14,8 +14,17 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.table import Table
+
+from narra_dagster.core.display import visible
+
+
+def escape(text: str) -> str:
+    """Outside text (a file name, an S3 key, OCR, a transcript, an error quoting either) made
+    safe for the terminal: control and bidirectional characters shown as escapes
+    (:func:`narra_dagster.core.display.visible`), then Rich markup escaped."""
+    return _markup_escape(visible(text))
 
 app = typer.Typer(help="narra: turn uploaded media into searchable data with Dagster.",
                   no_args_is_help=True, add_completion=False,
@@ -104,7 +113,7 @@ def process(
         task = bar.add_task("processing", total=len(files))
 
         def started(result):
-            bar.update(task, description=f"processing {result.source_name}")
+            bar.update(task, description=f"processing {escape(result.source_name)}")
 
         def done(result):
             bar.advance(task)
@@ -141,7 +150,8 @@ def ingest(paths: Paths, as_json: JsonFlag = False) -> None:
         out.print_json(json.dumps([r.to_json() for r in results]))
     else:
         for r in results:
-            out.print(f"{r.source_name}: {r.status} {r.kind or ''} {r.partition_key or ''} {r.error or ''}",
+            out.print(f"{escape(r.source_name)}: {r.status} {r.kind or ''} {r.partition_key or ''} "
+                      f"{escape(r.error or '')}",
                       highlight=False)
     raise typer.Exit(0 if all(r.status == "registered" for r in results) else 1)
 

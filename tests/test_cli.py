@@ -183,3 +183,25 @@ def test_sigterm_to_narra_dev_stops_its_whole_process_tree(home):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_status_shows_a_hostile_name_with_its_controls_escaped(home, tmp_path):
+    """A file name that retitles the terminal and colours it reaches `narra status` as visible
+    escapes; `--json` keeps the exact name."""
+    from PIL import Image
+
+    hostile = "holiday\x1b]0;pwned\x07\x1b[31m.png"
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(picture)
+    upload = store_upload(picture, LocalMediaStore(root=str(home / "media")), source_name=hostile)
+    (home / "dagster").mkdir(parents=True)
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        instance.add_dynamic_partitions("images", [upload.partition_key])
+    env = subprocess_env(home) | {"COLUMNS": "200"}
+    shown = _run(["narra", "status", "--all"], env, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert upload.partition_key in shown.stdout
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert "\\x1b]0;pwned\\x07" in shown.stdout
+    exact = _run(["narra", "status", "--all", "--json"], env, timeout=120)
+    assert [i["source_name"] for i in json.loads(exact.stdout)] == [hostile]

@@ -13,13 +13,14 @@ One tick:
    (:class:`narra_dagster.defs.intake.uploads.NewItems`), or a per-item run whose ``run_key`` is
    ``<kind>:<key>:v<pipeline version>`` for an item alone. A file whose bytes are already a
    partition starts no second run. A file of an unknown type is moved to ``inbox/.rejected/``
-   with a ``.reason.txt`` beside it.
+   with a ``.reason.txt`` beside it. Each file is opened without following links and read
+   from that one descriptor (:meth:`narra_dagster.resources.inbox.LocalInbox.open_file`): a
+   name swapped for a symbolic link is skipped, and nothing outside the inbox is ever stored.
 """
 
 
 import json
 import time
-from pathlib import Path
 
 import dagster as dg
 
@@ -27,7 +28,7 @@ from narra_dagster import registry
 from narra_dagster.core.errors import BadInputError
 from narra_dagster.defs.intake.uploads import NewItems, store_upload
 from narra_dagster.core.kind import printable
-from narra_dagster.resources.inbox import LocalInbox
+from narra_dagster.resources.inbox import LocalInbox, NotInboxFile
 from narra_dagster.resources.media_store import MediaStore
 
 @dg.sensor(
@@ -52,12 +53,20 @@ def upload_sensor(
     for name, why in sorted(skipped.items())[:10]:
         context.log.info(f"skipped {printable(name)}: {why}")
     registered: dict[str, tuple[str, int, int]] = {}
-    new = NewItems(context.instance, "upload_sensor")
+    new = NewItems(context.instance, "upload_sensor", media_store)
     rejected = 0
     for entry in stable[: inbox.max_per_tick]:
         try:
-            stat = entry.stat(follow_symlinks=False)
-            upload = store_upload(Path(entry.path), media_store, ingested_by="upload_sensor")
+            # opened once, without following links; sniffed, hashed, copied from that descriptor
+            with inbox.open_file(entry.name) as opened:
+                upload = store_upload(opened.file, media_store, source_name=entry.name,
+                                      ingested_by="upload_sensor")
+                new.add(upload, opened.path)
+        except NotInboxFile as exc:  # swapped for a link (or a hard link) since the scan
+            skipped[entry.name] = exc.strerror
+            context.log.warning(f"skipped {printable(entry.name)}: {exc.strerror}; nothing "
+                                "was read through it")
+            continue
         except BadInputError as exc:
             inbox.reject(entry.name, f"[{exc.code}] {exc}")
             context.log.warning(f"rejected {printable(entry.name)}: [{exc.code}] {exc}")
@@ -66,8 +75,8 @@ def upload_sensor(
         except OSError as exc:  # vanished or unreadable mid-tick: try again next tick
             context.log.warning(f"could not read {printable(entry.name)} yet: {exc}")
             continue
-        registered[entry.name] = (upload.partition_key, stat.st_size, stat.st_mtime_ns)
-        new.add(upload, Path(entry.path))
+        registered[entry.name] = (upload.partition_key, opened.stat.st_size,
+                                  opened.stat.st_mtime_ns)
 
     waiting = max(0, len(stable) - inbox.max_per_tick)
     summary = (f"{new.new_items} new in {len(new.run_requests)} runs, {new.already} already known, "
