@@ -23,9 +23,9 @@ import pytest
 
 from .conftest import REPO, subprocess_env
 from .services import free_port, wait_for
+from .test_front_door import browser  # noqa: F401 - the same Chromium fixture
 
 TOKEN = "security-suite-token"
-CHROMIUM = "/usr/bin/chromium"
 CSRF = {"X-Narra-Request": "1"}
 
 
@@ -118,21 +118,6 @@ def attacker():
     server = Attacker()
     yield server
     server.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
-                    "(apt-get install chromium; .ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield browser
-        browser.close()
 
 
 def _polyglot_png(script: str) -> bytes:
@@ -385,6 +370,9 @@ def test_narra_dev_binds_the_ui_to_loopback_and_says_it_is_unprotected(monkeypat
     monkeypatch.setattr(cli, "run_process_tree",
                         lambda cmd, also=(): ran.extend([cmd, *also]) or 0)
     monkeypatch.setenv("NARRA_API_TOKEN", TOKEN)
+    for name in ("NARRA_DAGSTER_UI_URL", "DAGSTER_HOME"):  # `narra dev` exports them: undone after
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     result = CliRunner().invoke(cli.app, ["dev", "--port", "3999"])
     assert result.exit_code == 0, result.output
     assert "has no login" in result.output and "WARNING" in result.output

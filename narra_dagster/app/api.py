@@ -55,6 +55,12 @@ _CACHE_IMMUTABLE = {"Cache-Control": "private, max-age=86400"}
 OVERVIEW = ("language", "duration_s", "has_video", "pages", "width", "height", "summary",
             "keywords")
 """What ``GET /api/v1/media/{id}`` adds from the item's findings (``.../details`` has them all)."""
+ERROR_SCHEMA = {
+    "title": "Error", "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"}}}}}
+"""The JSON schema of every error answer, ``{"error": {"code", "message"}}``."""
+_PICTURE = {200: {"content": {"image/webp": {}}, "description": "A WebP picture."}}
 WAITING_NOTE_S = 30.0
 """A run request older than this (seconds) that no run has taken up gets a ``note`` on the item:
 the daemon, which starts runs, is probably not running."""
@@ -192,7 +198,7 @@ def create_app(*, token: str | None = None, server_id: str | None = None,
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -246,6 +252,45 @@ def create_app(*, token: str | None = None, server_id: str | None = None,
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
         return error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(FileNotFoundError)
+    async def _missing_file(request: Request, exc: FileNotFoundError):
+        # A stored file removed under the server (by hand, by a deletion under way): one log
+        # line and 404 (410 when the item is being deleted: its tombstone is written first),
+        # never a 500 with a traceback. The message names no server path.
+        import logging
+
+        from starlette.concurrency import run_in_threadpool
+
+        media_id = request.path_params.get("media_id")
+        logging.getLogger("narra.api").warning("%s %s: a stored file is missing: %s",
+                                               request.method, request.url.path, exc)
+
+        def deleted() -> bool:
+            try:
+                return searcher.defs.resources["media_store"].tombstone(media_id) is not None
+            except Exception:  # noqa: BLE001 - the answer is 404 then, not a second error
+                return False
+
+        if media_id and searcher.defs is not None and await run_in_threadpool(deleted):
+            return error(410, "deleted", f"item {media_id!r} has been deleted")
+        return error(404, "missing_file", f"a stored file of item {media_id!r} is missing"
+                     if media_id else "a stored file is missing")
+
+    def openapi() -> dict[str, Any]:
+        # The spec says what the handlers above answer: FastAPI documents its own 422 body
+        # ({"detail": [...]}), which this API never sends; schemathesis checks answers by it.
+        from fastapi.openapi.utils import get_openapi
+
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version,
+                               description=app.description, routes=app.routes)
+            spec.setdefault("components", {}).setdefault("schemas", {})[
+                "HTTPValidationError"] = ERROR_SCHEMA
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     def authorized(request: Request) -> None:
         if token is None:
@@ -444,12 +489,17 @@ def create_app(*, token: str | None = None, server_id: str | None = None,
         """Remove the item completely (index rows, stored files, partition), as `narra delete`;
         afterwards it is ``deleted`` and search shows nothing of it."""
         from narra_dagster.app.lifecycle import delete_items
+        from narra_dagster.resources.item_lock import ItemBusy
 
         s = loaded()
         item = one(s, media_id, deleted=True)
         if item["state"] == "deleted":
             return item
-        (result,) = delete_items([media_id], s.instance, s.defs)
+        try:
+            (result,) = delete_items([media_id], s.instance, s.defs)
+        except ItemBusy as exc:
+            return error(409, exc.code, f"item {media_id!r} is being changed by another request: "
+                                        f"try again in a moment ({exc})")
         if result.status != "deleted":
             return error(409, "not_deleted", result.detail or result.status)
         return one(s, media_id, deleted=True)
@@ -488,6 +538,7 @@ def create_app(*, token: str | None = None, server_id: str | None = None,
 
         from narra_dagster.app.uploads import UploadError, accept_upload, max_upload_bytes, receive_file
         from narra_dagster.core.errors import BadInputError
+        from narra_dagster.resources.item_lock import ItemBusy
 
         s = await run_in_threadpool(loaded)  # may wait for the start-up: not on the event loop
         try:
@@ -500,6 +551,9 @@ def create_app(*, token: str | None = None, server_id: str | None = None,
         except BadInputError as exc:
             status = {"unsupported_type": 415, "too_large": 413}.get(exc.code, 422)
             return error(status, exc.code, str(exc))
+        except ItemBusy as exc:
+            return error(409, exc.code, f"the item these bytes make is being changed by another "
+                                        f"request (a deletion?): try again in a moment ({exc})")
         finally:
             path.unlink(missing_ok=True)
         upload = accepted.upload
@@ -517,15 +571,22 @@ def create_app(*, token: str | None = None, server_id: str | None = None,
     def retry_media(media_id: str):
         """Run a failed item's whole chain again (a new Dagster run). 409 when the item is not
         failed; a retry already asked for and not yet started is answered, not repeated."""
-        from narra_dagster.app.uploads import request_retry
+        from narra_dagster.app.uploads import ItemGone, request_retry
+        from narra_dagster.resources.item_lock import ItemBusy
 
         s = loaded()
         item = one(s, media_id)
         if item["state"] != "failed":
             return error(409, "not_failed", f"item {media_id!r} is {item['state']}, not failed: "
                                              "there is nothing to retry")
-        request_retry(media_id, item["kind"], item["source_name"] or media_id, s.instance,
-                      s.defs.resources)
+        try:
+            request_retry(media_id, item["kind"], item["source_name"] or media_id, s.instance,
+                          s.defs.resources)
+        except ItemGone as exc:
+            return error(410, exc.code, str(exc))
+        except ItemBusy as exc:
+            return error(409, exc.code, f"item {media_id!r} is being changed by another request "
+                                        f"(a deletion?): try again in a moment ({exc})")
         return JSONResponse(get_media(media_id), status_code=202)
 
     @app.get(f"{API_PREFIX}/media/{{media_id}}/details", tags=["media"],
@@ -535,8 +596,18 @@ def create_app(*, token: str | None = None, server_id: str | None = None,
         OCR text, summary and keywords, near-duplicates, pages (whatever exists so far)."""
         return described(media_id, overview_only=False)
 
+    def picture(path: Path):
+        """A stored or rendered WebP picture, read whole (hundreds of KB at most) in the route:
+        a file removed meanwhile raises FileNotFoundError here (404 by ``_missing_file``), not
+        after the response started. Inert as every stored file (FILE_POLICY)."""
+        from narra_dagster.app.security import FILE_POLICY
+
+        return Response(path.read_bytes(), media_type="image/webp",
+                        headers={**_CACHE_IMMUTABLE, "Content-Security-Policy": FILE_POLICY})
+
     @app.get(f"{API_PREFIX}/media/{{media_id}}/thumbnail", tags=["media"],
-             dependencies=[Depends(authorized)])
+             dependencies=[Depends(authorized)], responses=_PICTURE,
+             response_class=Response)
     def media_thumbnail(media_id: str):
         """A small picture of the item (WebP): an image's thumbnail, a video's first keyframe,
         a PDF's first page. 404 when it has none (yet), e.g. audio."""
@@ -547,15 +618,20 @@ def create_app(*, token: str | None = None, server_id: str | None = None,
         path = thumbnail(s.defs.resources["media_store"], media_id, item["kind"])
         if path is None:
             raise HTTPException(404, f"item {media_id!r} has no thumbnail")
-        return FileResponse(path, media_type="image/webp", headers=_CACHE_IMMUTABLE)
+        return picture(path)
 
     @app.get(f"{API_PREFIX}/media/{{media_id}}/pages/{{page}}", tags=["media"],
-             dependencies=[Depends(authorized)])
+             dependencies=[Depends(authorized)], responses=_PICTURE,
+             response_class=Response)
     def media_page(media_id: str, page: Annotated[int, PathParam(ge=1)],
-                   width: Annotated[int, Query(ge=64, le=2000)] = 1000):
-        """Page ``page`` (1-based) of a PDF as a WebP picture ``width`` pixels wide (rendered once
-        by PDFium, then kept). 404 for another kind or a page it does not have."""
-        from narra_dagster.app.details import page_image
+                   width: Annotated[int, Query(ge=64, le=2000, description=(
+                       "Pixels; served at the nearest of 320, 800 and 1600 (a tie goes to "
+                       "the wider)."))] = 800):
+        """Page ``page`` (1-based) of a PDF as a WebP picture, at the width of 320, 800 or 1600
+        pixels nearest to ``width`` (rendered once by PDFium, then kept in a size-capped cache:
+        :func:`narra_dagster.app.details.page_image`). 404 for another kind, a page it does
+        not have, or a page that cannot be drawn."""
+        from narra_dagster.app.details import NoSuchPage, page_image
         from narra_dagster.core.errors import BadInputError
 
         s = loaded()
@@ -564,12 +640,13 @@ def create_app(*, token: str | None = None, server_id: str | None = None,
             raise HTTPException(404, f"item {media_id!r} is a {item['kind']}, it has no pages")
         try:
             path = page_image(s.defs.resources["media_store"], media_id, page, width)
-        except (BadInputError, ValueError) as exc:
+        except (BadInputError, NoSuchPage) as exc:
             raise HTTPException(404, str(exc)) from None
-        return FileResponse(path, media_type="image/webp", headers=_CACHE_IMMUTABLE)
+        return picture(path)
 
     @app.get(f"{API_PREFIX}/media/{{media_id}}/files/{{name}}", tags=["media"],
-             dependencies=[Depends(authorized)])
+             dependencies=[Depends(authorized)], responses=_PICTURE,
+             response_class=Response)
     def media_file(media_id: str, name: str):
         """A stored derivative the pages show: a keyframe (``frame_0003.webp``), its thumbnail
         (``thumb_0003.webp``), an image's thumbnails (``thumb_small.webp``,
@@ -581,8 +658,7 @@ def create_app(*, token: str | None = None, server_id: str | None = None,
         store = s.defs.resources["media_store"]
         if not DERIVATIVE.fullmatch(name) or not store.exists(media_id, name):
             raise HTTPException(404, f"item {media_id!r} has no file {name!r}")
-        return FileResponse(store.local_path(media_id, name), media_type="image/webp",
-                            headers=_CACHE_IMMUTABLE)
+        return picture(store.local_path(media_id, name))
 
     @app.get(f"{API_PREFIX}/events", tags=["events"], dependencies=[Depends(authorized)])
     async def events(

@@ -3,16 +3,22 @@ its PDF pages as pictures.
 
 Everything here reads artifacts the assets wrote (names in each kind's ``assets.py``); a stage
 that has not run yet simply contributes nothing. The one thing computed on demand is a PDF
-page's picture (:func:`page_image`): PDFium renders it once, at most 2,000 pixels wide, after
-the same inflation check the ``document_pages`` stage makes, and it is kept beside the item.
+page's picture (:func:`page_image`): PDFium renders it at one of :data:`PAGE_WIDTHS`, after the
+same inflation check the ``document_pages`` stage makes, and keeps it in a size-capped cache
+(:data:`PAGE_CACHE_MB`, least recently used evicted first) under ``$NARRA_HOME/cache/pages``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from narra_dagster import settings
 from narra_dagster.resources.media_store import SOURCE, MediaStore
 
 DERIVATIVE = re.compile(r"(frame|thumb)_\d{4}\.webp|thumb_(small|medium)\.webp|page_\d{4}_w\d{2,4}\.webp")
@@ -20,6 +26,99 @@ DERIVATIVE = re.compile(r"(frame|thumb)_\d{4}\.webp|thumb_(small|medium)\.webp|p
 
 MAX_SEGMENTS = 5000
 MAX_PAGE_TEXT = 3000  # characters of each page's text in the details
+
+PAGE_WIDTHS = (320, 800, 1600)
+"""The widths (pixels) PDF pages are rendered at: 320 for thumbnails, 800 for the page view,
+1600 for a zoomed page or a high-density screen. Any other width asked for is served at the
+nearest of these (a tie goes to the wider; the web app's 1000 gets 800), so a client cannot
+make the server render and keep one picture per width it names."""
+PAGE_CACHE_MB = 256.0
+"""Default size cap of the page-render cache, every item's renders together (MiB; at 800
+pixels a text page is 30-120 KB, so some thousands of pages); ``$NARRA_PAGE_CACHE_MB``."""
+_TMP_AGE_S = 3600.0  # a render's temporary file this old belongs to a writer that died
+
+
+class NoSuchPage(ValueError):
+    """The PDF has no page of that number."""
+
+
+def page_width(requested: int) -> int:
+    """The width of :data:`PAGE_WIDTHS` nearest to ``requested`` (pixels); a tie goes to the
+    wider (560 -> 800)."""
+    return min(PAGE_WIDTHS, key=lambda w: (abs(w - requested), -w))
+
+
+def page_cache_dir() -> Path:
+    """Where page renders are kept: ``$NARRA_HOME/cache/pages/<media_id>/``."""
+    return settings.narra_home() / "cache" / "pages"
+
+
+def page_cache_bytes() -> int:
+    """The page-render cache's cap in bytes: ``$NARRA_PAGE_CACHE_MB`` (MiB, may be
+    fractional) or :data:`PAGE_CACHE_MB`.
+
+    Raises:
+        ValueError: when the variable is not a positive number.
+    """
+    raw = os.environ.get("NARRA_PAGE_CACHE_MB")
+    try:
+        value = float(raw) if raw else PAGE_CACHE_MB
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"NARRA_PAGE_CACHE_MB={raw!r} is not a positive number of MiB")
+    return int(value * 1024 * 1024)
+
+
+def forget_pages(key: str) -> int:
+    """Remove every cached page render of item ``key`` (its deletion); return how many files
+    went. An id that is not a partition key removes nothing."""
+    from narra_dagster.core.media import is_partition_key
+
+    folder = page_cache_dir() / key
+    if not is_partition_key(key) or not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+    return removed
+
+
+def _evict(root: Path, cap: int, keep: Path) -> int:
+    """Remove the least recently used renders (oldest modification time: a hit touches its
+    file) until the cache holds at most ``cap`` bytes; ``keep`` (the render just made) stays
+    even alone over the cap. Return how many files went."""
+    found, total, now = [], 0, time.time()
+    for folder in os.scandir(root):
+        if not folder.is_dir(follow_symlinks=False):
+            continue
+        for entry in os.scandir(folder.path):
+            try:
+                stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # evicted by another process meanwhile
+                continue
+            if entry.name.endswith(".tmp"):
+                if now - stat.st_mtime > _TMP_AGE_S:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                continue
+            found.append((stat.st_mtime, stat.st_size, entry.path))
+            total += stat.st_size
+    removed = 0
+    for _, size, path in sorted(found):
+        if total <= cap:
+            break
+        if path == str(keep):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed += 1
+        total -= size
+    return removed
 
 
 def _read(store: MediaStore, key: str, name: str) -> Any:
@@ -118,42 +217,82 @@ def thumbnail(store: MediaStore, key: str, kind: str) -> Path | None:
     return store.local_path(key, name) if name and store.exists(key, name) else None
 
 
-def page_image(store: MediaStore, key: str, page: int, width: int = 1000) -> Path:
-    """Page ``page`` (1-based) of the stored PDF as WebP, ``width`` pixels wide (64-2000),
-    rendered by PDFium once and kept as ``page_<page>_w<width>.webp``.
+def page_image(store: MediaStore, key: str, page: int, width: int = 800) -> Path:
+    """Page ``page`` (1-based) of item ``key``'s stored PDF as WebP, at the width of
+    :data:`PAGE_WIDTHS` nearest to ``width`` (:func:`page_width`; pixels), rendered by PDFium
+    on first use and kept in the page cache (:func:`page_cache_dir`) as
+    ``page_<page>_w<width>.webp``. The cache holds at most :func:`page_cache_bytes` for all
+    items together: a new render evicts the least recently served ones. A total cap, not one
+    per item, because the disk a cache may take is the machine's budget, and a per-item cap
+    would still grow with the number of documents; per item the fixed widths already bound it
+    to three pictures a page. The cache is outside the media store: it is a local, disposable
+    copy (the store has no per-file removal, and an S3 store would pay a request for each).
+
+    Returns:
+        The render's path; it stays for a while (a hit makes it the most recently used).
 
     Raises:
-        ValueError: when the PDF has no such page, or ``width`` is out of range.
+        NoSuchPage: when the PDF has no such page.
+        ValueError: when ``width`` is out of 64-2000 pixels or ``key`` is not a partition key;
+            from :func:`page_cache_bytes`.
+        FileNotFoundError: when the item's stored PDF is missing.
         BadInputError: when the page would inflate past the limits (``decompression_bomb``) or
-            the file cannot be opened.
+            the file cannot be read as a PDF (``corrupt_pdf``).
     """
     import io
+    import math
 
     import pypdf
+    import pypdfium2
     from PIL import Image
 
+    from narra_dagster.core.errors import BadInputError
+    from narra_dagster.core.media import is_partition_key
     from narra_dagster.defs.document import pdf
 
     if not 64 <= width <= 2000:
         raise ValueError(f"width {width} is out of 64-2000 pixels")
-    name = f"page_{page:04d}_w{width}.webp"
-    if store.exists(key, name):
-        return store.local_path(key, name)
+    if not is_partition_key(key):
+        raise ValueError(f"{key!r} is not a media id")
+    width = page_width(width)
+    cap = page_cache_bytes()
+    root = page_cache_dir()
+    path = root / key / f"page_{page:04d}_w{width}.webp"
+    try:
+        os.utime(path)  # a hit: now the most recently used
+        return path
+    except FileNotFoundError:
+        pass
     source = store.local_path(key, SOURCE)
-    reader = pypdf.PdfReader(source)
-    if reader.is_encrypted:
-        reader.decrypt("")
-    if not 1 <= page <= len(reader.pages):
-        raise ValueError(f"the PDF has {len(reader.pages)} pages, not a page {page}")
-    pdf.check_render_bounds(reader.pages[page - 1], page)
-    box = reader.pages[page - 1].mediabox
-    points_wide = float(box.width) or 612.0
-    pixels = pdf.render_page(source, page - 1, dpi=max(18, round(width * 72 / points_wide)),
-                             password="" if reader.is_encrypted else None)
+    try:
+        reader = pypdf.PdfReader(source)
+        if reader.is_encrypted:
+            reader.decrypt("")
+        if not 1 <= page <= len(reader.pages):
+            raise NoSuchPage(f"the PDF has {len(reader.pages)} pages, not a page {page}")
+        pdf.check_render_bounds(reader.pages[page - 1], page)
+        box = reader.pages[page - 1].mediabox
+        points_wide = float(box.width) or 612.0
+        pixels = pdf.render_page(source, page - 1, dpi=max(18, math.ceil(width * 72 / points_wide)),
+                                 password="" if reader.is_encrypted else None)
+    except (pypdf.errors.PyPdfError, pypdfium2.PdfiumError) as exc:
+        raise BadInputError(f"page {page} cannot be drawn: {type(exc).__name__}: {exc}",
+                            code="corrupt_pdf") from None
     image = Image.fromarray(pixels)
-    if image.width > width:
+    # exactly the width named (PDFium's pixels follow a whole dpi), but never enlarged past a
+    # few pixels: a page render_page shrank to its pixel limit stays within it
+    if image.width > width or width - image.width <= width // 50:
         image = image.resize((width, round(image.height * width / image.width)))
     buffer = io.BytesIO()
     image.save(buffer, "WEBP", quality=80)
-    store.write_bytes(key, name, buffer.getvalue())
-    return store.local_path(key, name)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buffer.getvalue())
+        os.replace(tmp, path)  # atomic: a reader never sees half a picture
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _evict(root, cap, keep=path)
+    return path
