@@ -672,24 +672,30 @@ def create_app(*, token: str | None = None, server_id: str | None = None,
         ``analysis.deleted``...) as server-sent events, each with an ``id:``. A client that
         reconnects with ``Last-Event-ID`` (or ``?after=``) gets what it missed; ``0`` replays
         from the start. Without either, a stream for one ``media_id`` starts with that item's
-        history, a stream of everything with what happens next."""
+        history, a stream of everything with what happens next. A stream for one ``media_id``
+        carries only its current version's events: an item deleted and uploaded again does
+        not replay the deleted version's."""
         from starlette.concurrency import run_in_threadpool
 
         from narra_dagster.app.streams import event_stream
 
-        def start() -> tuple[Any, str]:  # blocking (start-up, a file, Redis): off the loop
-            sink = loaded().defs.resources["event_sink"]
+        def start() -> tuple[Any, str, float | None]:  # blocking (start-up, a file, Redis)
+            resources = loaded().defs.resources
+            sink = resources["event_sink"]
             position = request.headers.get("last-event-id") or after
             if position is None:
                 position = "0" if media_id else sink.end_position()
             sink.read_after(position, limit=1)  # ValueError for an id this sink never gave
-            return sink, position
+            # an item deleted and uploaded again: only its current version's events
+            version = resources["media_store"].version(media_id) if media_id else None
+            since = (version or {}).get("since")
+            return sink, position, since
 
         try:
-            sink, position = await run_in_threadpool(start)
+            sink, position, since = await run_in_threadpool(start)
         except ValueError as exc:
             return error(400, "bad_event_id", str(exc))
-        return StreamingResponse(event_stream(request, sink, position, media_id),
+        return StreamingResponse(event_stream(request, sink, position, media_id, since),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
