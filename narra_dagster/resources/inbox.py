@@ -86,9 +86,9 @@ class LocalInbox(dg.ConfigurableResource):
 
     def candidates(self, now: float) -> tuple[list[os.DirEntry], int, dict[str, str]]:
         """Return (stable regular files oldest first, number still being written, the entries
-        skipped: name -> why). Symbolic links (never followed out of the inbox), folders, FIFOs,
-        sockets and devices are skipped without being opened, so none can block a tick; a file
-        that vanishes while being looked at is simply not taken."""
+        skipped: name -> why). Symbolic links (never followed out of the inbox), hard links,
+        folders, FIFOs, sockets and devices are skipped without being opened, so none can block
+        a tick; a file that vanishes while being looked at is simply not taken."""
         root = Path(self.path)
         root.mkdir(parents=True, exist_ok=True)
         stable, unstable, skipped = [], 0, {}
@@ -104,7 +104,12 @@ class LocalInbox(dg.ConfigurableResource):
                         skipped[entry.name] = ("a folder" if entry.is_dir(follow_symlinks=False)
                                                else "not a regular file (FIFO, socket or device)")
                         continue
-                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_nlink != 1:  # refused by open_file too; said here once per tick
+                        skipped[entry.name] = (f"a hard link ({st.st_nlink} names): its bytes "
+                                               "are a file elsewhere too; copy it in instead")
+                        continue
+                    mtime = st.st_mtime
                 except OSError:  # vanished meanwhile
                     continue
                 if now - mtime < self.stable_seconds:
