@@ -157,3 +157,25 @@ def test_s3_upload_sensor_takes_stable_objects_once(s3_resources, s3, instance, 
     seventh = _tick(instance, resources, sixth.cursor)
     assert [r.run_key for r in sixth.run_requests + seventh.run_requests] == [
         f"video:{file_sha256(other)[:16]}:v1"]
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_a_deleted_item_uploaded_again_begins_a_new_version_on_either_store(
+        backend, s3_resources, tmp_path):
+    """Deletion and re-upload as the lifecycle drives them, on the local store and on S3: the
+    tombstone is seen at once (stages ask it), taking it begins version 2 since the deletion's
+    time, and forgetting the version leaves version 1 (None)."""
+    from narra_dagster.resources import LocalMediaStore
+
+    store = (s3_resources["media_store"] if backend == "s3"
+             else LocalMediaStore(root=str(tmp_path / "media")))
+    key = "00112233445566ff"
+    assert store.tombstone(key) is None and store.version(key) is None
+    store.write_tombstone(key, {"deleted_at": "2026-12-07T10:00:00+00:00",
+                                "deleted_at_s": 1796637600.0, "version": 1})
+    assert store.tombstone(key)["version"] == 1
+    assert store.take_tombstone(key)["deleted_at_s"] == 1796637600.0
+    assert store.tombstone(key) is None and store.take_tombstone(key) is None
+    assert store.version(key) == {"version": 2, "since": 1796637600.0}
+    store.forget_version(key)
+    assert store.version(key) is None

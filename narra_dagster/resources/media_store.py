@@ -151,6 +151,24 @@ class MediaStore(dg.ConfigurableResource, ABC):
         return self.read_json(key, MANIFEST)
 
 
+def next_version(tombstone: dict[str, Any]) -> dict[str, Any]:
+    """The version record that begins when a deleted item's bytes are uploaded again:
+    ``{"version": the deleted one's + 1, "since": the deletion's time, seconds since the
+    epoch}`` (:meth:`MediaStore.version`).
+
+    Args:
+        tombstone: the deletion's record (``deleted_at_s``, or the older ``deleted_at`` ISO
+            time; ``version``, 1 when absent).
+    """
+    since = tombstone.get("deleted_at_s")
+    if not isinstance(since, (int, float)):
+        try:  # a tombstone written before deletions recorded the exact time
+            since = dt.datetime.fromisoformat(tombstone.get("deleted_at", "")).timestamp()
+        except (TypeError, ValueError):
+            since = time.time()
+    return {"version": int(tombstone.get("version") or 1) + 1, "since": since}
+
+
 # A temporary file this old was left by a writer that died (SIGKILL, power loss) before its
 # cleanup ran; a live write of one artifact never takes this long.
 ORPHAN_AGE_S = 3600.0
@@ -225,14 +243,7 @@ class LocalMediaStore(MediaStore):
             return None
         # A new version of the item begins: recorded before the tombstone goes, so a crash in
         # between leaves the item deleted, never a live item whose old runs count as its own.
-        since = record.get("deleted_at_s")
-        if not isinstance(since, (int, float)):
-            try:  # a tombstone written before deletions recorded the exact time
-                since = dt.datetime.fromisoformat(record.get("deleted_at", "")).timestamp()
-            except (TypeError, ValueError):
-                since = time.time()
-        self._write_record(VERSIONS, key, {"version": int(record.get("version") or 1) + 1,
-                                           "since": since})
+        self._write_record(VERSIONS, key, next_version(record))
         path.unlink(missing_ok=True)
         return record
 

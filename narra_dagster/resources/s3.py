@@ -31,7 +31,7 @@ from pydantic import Field, PrivateAttr
 
 from narra_dagster import settings
 from narra_dagster.resources.inbox import PARTIAL_SUFFIXES
-from narra_dagster.resources.media_store import MediaStore, _check
+from narra_dagster.resources.media_store import MediaStore, _check, next_version
 from narra_dagster.resources.search_index import LanceSearchIndex
 
 # boto3 switches to multipart above this size (bytes); each part is this big.
@@ -103,14 +103,39 @@ class S3MediaStore(MediaStore):
         return out
 
     def take_tombstone(self, key: str) -> dict | None:
+        record = self.tombstone(key)
+        if record is None:
+            return None
+        # the new version is recorded before the tombstone goes (as the local store does)
+        self.client.put_object(Bucket=self.bucket, Key=self._record_key("_versions", key),
+                               Body=json.dumps(next_version(record)).encode())
+        self.client.delete_object(Bucket=self.bucket, Key=self._record_key("_deleted", key))
+        return record
+
+    def tombstone(self, key: str) -> dict | None:
+        return self._read_record("_deleted", key)
+
+    def version(self, key: str) -> dict | None:
+        return self._read_record("_versions", key)
+
+    def forget_version(self, key: str) -> None:
         _check(key, "source")
-        object_key = f"{self.prefix.strip('/')}/_deleted/{key}.json"
+        self.client.delete_object(Bucket=self.bucket, Key=self._record_key("_versions", key))
+
+    def _record_key(self, folder: str, key: str) -> str:
+        _check(key, "source")
+        return f"{self.prefix.strip('/')}/{folder}/{key}.json"
+
+    def _read_record(self, folder: str, key: str) -> dict | None:
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=object_key)["Body"].read()
+            body = self.client.get_object(Bucket=self.bucket,
+                                          Key=self._record_key(folder, key))["Body"].read()
         except self.client.exceptions.NoSuchKey:
             return None
-        self.client.delete_object(Bucket=self.bucket, Key=object_key)
-        return json.loads(body)
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None
 
     def _key(self, key: str, name: str) -> str:
         _check(key, name)
