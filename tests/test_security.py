@@ -333,6 +333,22 @@ def test_the_session_cookie_is_a_session_not_the_token(servers):
     assert httpx.get(f"{url}/api/v1/media", cookies=cookies).status_code == 401
 
 
+def test_a_sign_in_without_the_token_is_bounded_and_boring(servers):
+    """Found by an attack on the token server: the sign-in read a body of any size into memory
+    before comparing the token (300 MB took the server from 0.5 to 1.4 GB), and a lone
+    surrogate in the token (JSON ``"\\ud800"``) was a 500 with a traceback."""
+    url = servers["locked"]
+    big = b'{"token": "' + b"a" * (8 * 1024 * 1024) + b'"}'
+    answer = httpx.post(f"{url}/api/v1/session", content=big,
+                        headers={**CSRF, "Content-Type": "application/json"})
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "too_large"
+    surrogate = httpx.post(f"{url}/api/v1/session", content=b'{"token": "\\ud800"}',
+                           headers={**CSRF, "Content-Type": "application/json"})
+    assert surrogate.status_code == 401, surrogate.text
+    assert httpx.post(f"{url}/api/v1/session", content=b"\xff\xfe not json",
+                      headers=CSRF).status_code == 401
+
+
 def test_sessions_expire(tmp_path, embedder):
     home = tmp_path / "narra"
     (home / "dagster").mkdir(parents=True)

@@ -64,6 +64,9 @@ _PICTURE = {200: {"content": {"image/webp": {}}, "description": "A WebP picture.
 WAITING_NOTE_S = 30.0
 """A run request older than this (seconds) that no run has taken up gets a ``note`` on the item:
 the daemon, which starts runs, is probably not running."""
+SESSION_BODY_MAX_BYTES = 4096
+"""The largest body ``POST /api/v1/session`` reads (JSON with one token); a larger one is 413
+before any token is compared, so a sign-in without the token cannot fill the memory."""
 
 
 def _epoch(iso: str | None) -> float:
@@ -322,11 +325,20 @@ def create_app(*, token: str | None = None, server_id: str | None = None,
 
         if token is None:
             return Response(status_code=204)
+        # Read before any token is checked, so bounded: a token is a line, not a file.
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > SESSION_BODY_MAX_BYTES:
+                return error(413, "too_large", f"a sign-in body is at most "
+                                               f"{SESSION_BODY_MAX_BYTES} bytes")
         try:
-            given = str((await request.json()).get("token", ""))
+            given = str(json.loads(body).get("token", ""))
         except (ValueError, AttributeError):
             given = ""
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        # surrogatepass: a lone surrogate (JSON "\ud800") is a wrong token, not an error
+        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogatepass"),
+                                   token.encode()):
             return error(401, "unauthorized", "that token is not right")
         response = Response(status_code=204)
         response.set_cookie(SESSION_COOKIE, sessions.create(), httponly=True, samesite="strict",
