@@ -163,6 +163,17 @@ def test_a_hard_link_to_a_file_outside_is_skipped_and_left_in_place(instance, tm
     with pytest.raises(NotInboxFile, match="symbolic link"):
         with inbox.open_file("soft.png"):
             pass
+    # a folder, a FIFO: refused without a descriptor left open (a name swapped for a folder
+    # after each scan must not leak one descriptor per tick)
+    (root / "folder.png").mkdir()
+    os.mkfifo(root / "pipe.png")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        for name in ("folder.png", "pipe.png"):
+            with pytest.raises(NotInboxFile, match="not a regular file"):
+                with inbox.open_file(name):
+                    pass
+    assert len(os.listdir("/proc/self/fd")) <= before
 
 
 def test_stored_files_are_private_under_a_private_home(instance, tmp_path, monkeypatch):

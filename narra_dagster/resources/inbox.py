@@ -159,11 +159,16 @@ class LocalInbox(dg.ConfigurableResource):
                 raise
         finally:
             os.close(folder)
-        with os.fdopen(fd, "rb") as fh:
+        try:  # checked on the raw descriptor: fdopen refuses a folder without closing it
             st = os.fstat(fd)
             if not stat_mode.S_ISREG(st.st_mode):
                 raise NotInboxFile(errno.EINVAL, "not a regular file (a folder, FIFO, socket "
                                                  "or device)", name)
+            fh = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with fh:
             if st.st_nlink != 1:
                 raise NotInboxFile(errno.EMLINK, f"a hard link ({st.st_nlink} names): its bytes "
                                                  "are a file elsewhere too; copy it in instead",
