@@ -50,6 +50,12 @@ def get(name: str) -> MediaKind:
     return kind
 
 
+def jobs() -> list:
+    """Every kind's jobs, per-item then batch (``[video_pipeline, video_batch, ...]``): what
+    the intake sensors target."""
+    return [job for kind in KINDS for job in (kind.job, kind.batch_job)]
+
+
 def for_job(job_name: str) -> MediaKind | None:
     """The kind whose per-item or batch job is ``job_name``, or None for any other job."""
     return _BY_JOB.get(job_name)

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from narra_dagster import PIPELINE_VERSION
-from narra_dagster.core.batch import MAX_BATCH_ITEMS, requested_keys
+from narra_dagster.core.batch import MAX_BATCH_ITEMS
 from narra_dagster.resources import LocalMediaStore
 from narra_dagster.defs.intake.inbox_sensor import upload_sensor
 from narra_dagster.resources.inbox import LocalInbox
@@ -35,6 +35,14 @@ def _tick(instance, inbox, store, cursor=None):
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return result
+
+
+def requested_keys(request: dg.RunRequest) -> list[str]:
+    """The partition keys a run request asks for: its partition, or a batch run's keys."""
+    if request.partition_key:
+        return [request.partition_key]
+    ops = (request.run_config or {}).get("ops", {})
+    return [k for op in ops.values() for k in op.get("config", {}).get("partition_keys", [])]
 
 
 def _keys(result) -> list[str]:
@@ -190,8 +198,10 @@ def test_a_file_that_failed_only_for_its_name_runs_again_under_a_fitting_name(
     [request] = first.run_requests
     key = request.partition_key
     assert request.job_name == "image_pipeline"
-    with pytest.raises(BadInputError, match="camera.mp4"):  # what the run's first stage does
+    with pytest.raises(BadInputError, match="camera.mp4") as info:  # the run's first stage
         check_declared_kind(store.manifest(key))
+    # worded with the kinds' nouns, which the manifest carries from intake
+    assert "which says a video or audio file, but its bytes are an image" in str(info.value)
 
     (folder / "camera.png").write_bytes(png)
     second = _tick(instance, inbox, store, first.cursor)

@@ -1,2 +1,3 @@
 """What every media kind shares: errors, content identity, the stage decorator, the kind
-declaration, intake and batch runs. Nothing here names a kind."""
+declaration and batch runs (intake lives in :mod:`narra_dagster.defs.intake`). Nothing here
+names a kind."""

@@ -414,14 +414,6 @@ def batch_run_config(kind_name: str, keys: list[str], extra: dict | None = None)
     return {**(extra or {}), "ops": {batch_op_name(kind_name): {"config": {"partition_keys": list(keys)}}}}
 
 
-def requested_keys(request: dg.RunRequest) -> list[str]:
-    """The partition keys a run request asks for: its partition, or a batch run's keys."""
-    if request.partition_key:
-        return [request.partition_key]
-    ops = (request.run_config or {}).get("ops", {})
-    return [k for op in ops.values() for k in op.get("config", {}).get("partition_keys", [])]
-
-
 def batch_keys(run: dg.DagsterRun) -> list[str]:
     """The partition keys a batch run was given, from its run config."""
     ops = (run.run_config or {}).get("ops", {})

@@ -46,7 +46,7 @@ from dagster._core.definitions.data_version import (
 from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
 
 __all__ = ["CODE_VERSION_TAG", "DATA_VERSION_TAG", "provenance_tags", "report_planned",
-           "report_lost_run_worker"]
+           "report_lost_run_worker", "report_item_mark", "item_marks"]
 
 
 def provenance_tags(instance: dg.DagsterInstance, asset: dg.AssetsDefinition,

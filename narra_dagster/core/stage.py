@@ -74,22 +74,24 @@ def check_declared_kind(manifest: dict) -> None:
     uploaded under a fitting name (``photo.png``), the item passes.
 
     Args:
-        manifest: the item's manifest (``kind`` from the bytes; ``names``, each with the
-            ``declared_kind`` its extension claims).
+        manifest: the item's manifest (``kind`` from the bytes and its ``noun``; ``names``,
+            each with the ``declared_kind`` its extension claims and that kind's
+            ``declared_noun``, recorded at intake so this module needs no registry; a manifest
+            written before the nouns were recorded gets ``a <kind> file``).
 
     Raises:
         BadInputError: ``type_mismatch`` when no name fits.
     """
-    from narra_dagster import registry  # the registry imports every kind, and so this module
-
     if name_fits(manifest):
         return
     kind = manifest["kind"]
     last = names_of(manifest)[-1]
+    claimed = last.get("declared_noun") or f"a {last['declared_kind']} file"
+    actual = manifest.get("noun") or f"a {kind} file"
     raise BadInputError(
-        f"the file is named {last['name']!r}, which says {registry.noun(last['declared_kind'])}, "
-        f"but its bytes are {registry.noun(kind)}; upload it again with the right extension "
-        "(the same bytes are the same item, which is then processed)", code="type_mismatch")
+        f"the file is named {last['name']!r}, which says {claimed}, but its bytes are "
+        f"{actual}; upload it again with the right extension (the same bytes are the same "
+        "item, which is then processed)", code="type_mismatch")
 
 
 def _deleted(key: str, stone: dict) -> ItemDeleted:

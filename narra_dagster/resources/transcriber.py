@@ -59,11 +59,6 @@ SHIPPED_WHISPER_MODELS = {
 DEFAULT_WHISPER_MODEL = "tiny.en"
 
 
-def default_whisper_model_path() -> str:
-    """The folder of the default shipped model (:data:`DEFAULT_WHISPER_MODEL`)."""
-    return str(shipped_whisper_path(DEFAULT_WHISPER_MODEL))
-
-
 def whisper_settings_from_env() -> dict:
     """:class:`FasterWhisperTranscriber` settings from the environment, for the default
     resources (so ``narra process``, the daemon's runs and ``dagster asset materialize`` agree):

@@ -14,7 +14,7 @@ global storage-id cursor; run records, though, have an update time on every stor
    cursor minus ``OVERLAP_S`` (at most ``BATCH``, oldest update first).
 2. Reads each run's ``RUN_START``, ``ASSET_MATERIALIZATION``, ``STEP_FAILURE``, ``RUN_SUCCESS``,
    ``RUN_FAILURE`` and ``RUN_CANCELED`` events (``instance.all_logs``), in order, and maps them
-   to domain events (``narra_dagster/events.py``).
+   to domain events (``narra_dagster/resources/events.py``).
 3. Publishes them through the ``event_sink`` resource. In-progress runs are read again every
    tick and finished runs for ``OVERLAP_S`` after their last update, so an event is published as
    soon as a tick sees it and never missed; events have deterministic ids and sinks drop the ids

@@ -33,7 +33,7 @@ from narra_dagster.resources.media_store import MediaStore
 
 @dg.sensor(
     name="upload_sensor",
-    jobs=[job for kind in registry.KINDS for job in (kind.job, kind.batch_job)],
+    jobs=registry.jobs(),
     # Dagster's sensor loop passes every 5 s; a 5 s minimum would skip every pass that comes a
     # hair early and tick only every 10 s. 1 s: every pass ticks (a directory listing).
     minimum_interval_seconds=1,

@@ -154,7 +154,7 @@ def run_request_for(request: dict[str, Any]) -> tuple[dg.RunRequest, registry.Me
 
 @dg.sensor(
     name="run_request_sensor",
-    jobs=[job for kind in registry.KINDS for job in (kind.job, kind.batch_job)],
+    jobs=registry.jobs(),
     minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Starts the runs the HTTP API asked for (uploads, retries): one run per request "

@@ -98,7 +98,7 @@ def build_s3_upload_sensor() -> dg.SensorDefinition:
 
     @dg.sensor(
         name="s3_upload_sensor",
-        jobs=[job for kind in registry.KINDS for job in (kind.job, kind.batch_job)],
+        jobs=registry.jobs(),
         minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Registers each new object under the S3 inbox prefix as a partition and starts its run.",

@@ -174,12 +174,15 @@ def store_upload(path: Path | BinaryIO, media_store: MediaStore, *,
             size = st.st_size
     declared = registry.kind_for_extension(name)  # what the name claims, checked by each stage
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    # the nouns travel with the upload, so a stage can word its error without the registry
     entry = {"name": name, "declared_kind": declared.name if declared else None,
+             "declared_noun": declared.noun if declared else None,
              "ingested_by": ingested_by, "ingested_at": now}
     renamed_to_fit = False
     if not media_store.exists(key, MANIFEST):
         media_store.write_json(key, MANIFEST, {
-            "partition_key": key, "kind": kind, "declared_kind": entry["declared_kind"],
+            "partition_key": key, "kind": kind, "noun": registry.noun(kind),
+            "declared_kind": entry["declared_kind"],
             "source_name": name, "size_bytes": size, "sha256": digest,
             "ingested_by": ingested_by, "ingested_at": now, "names": [entry],
         })
