@@ -92,6 +92,23 @@ def _make_private(path: Path) -> None:
                 raise
 
 
+def positive_number(name: str, default: float, unit: str) -> float:
+    """The environment variable ``name`` as a positive number, or ``default`` when it is unset
+    or empty.
+
+    Raises:
+        ValueError: ``"<name>='<value>' is not a positive number of <unit>"`` for anything else.
+    """
+    raw = os.environ.get(name)
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if not value > 0:  # also refuses nan
+        raise ValueError(f"{name}={raw!r} is not a positive number of {unit}")
+    return value
+
+
 def inbox_dir() -> Path:
     """Return the inbox folder watched by the upload sensor."""
     return Path(os.environ.get("NARRA_INBOX") or narra_home() / "inbox")

@@ -113,6 +113,24 @@ def resources(home, transcriber, embedder) -> dict:
 
 
 @pytest.fixture
+def defs(home, embedder, ocr, image_classifier):
+    """The whole platform's definitions on this test's home, with the session's models: every
+    kind, both LanceDB indexes, the inbox (settled at once) and a JSON-lines event sink."""
+    from narra_dagster.definitions import build_defs
+    from narra_dagster.resources import LanceImageIndex
+    from narra_dagster.resources.events import JsonlEventSink
+
+    return build_defs({
+        "media_store": LocalMediaStore(root=str(home / "media")),
+        "embedder": embedder, "ocr": ocr, "image_classifier": image_classifier,
+        "search_index": LanceSearchIndex(uri=str(home / "index")),
+        "image_index": LanceImageIndex(uri=str(home / "index")),
+        "inbox": LocalInbox(path=str(home / "inbox"), stable_seconds=0.0),
+        "event_sink": JsonlEventSink(path=str(home / "events.jsonl")),
+    })
+
+
+@pytest.fixture
 def instance():
     with dg.instance_for_test() as inst:
         yield inst

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import pytest
 import skimage.data
 from PIL import Image
 
@@ -30,31 +29,13 @@ from narra_dagster.app.processing import ProcessResult, execute_item, process_fi
 from narra_dagster.app.status import partition_status
 from narra_dagster.app.uploads import accept_upload, waiting_request
 from narra_dagster.core.runs import run_failure
-from narra_dagster.definitions import build_defs
 from narra_dagster.defs.intake.inbox_sensor import upload_sensor
 from narra_dagster.defs.intake.requests import pending_request, run_request_sensor
-from narra_dagster.resources import LanceImageIndex, LanceSearchIndex, LocalMediaStore
+from narra_dagster.resources import LanceSearchIndex
 from narra_dagster.resources.inbox import LocalInbox
 
 RACE_ROUNDS = 25
 RACE_BUDGET_S = 40.0
-
-
-@pytest.fixture
-def defs(home, embedder, ocr, image_classifier):
-    return build_defs({
-        "media_store": LocalMediaStore(root=str(home / "media")),
-        "embedder": embedder, "ocr": ocr, "image_classifier": image_classifier,
-        "search_index": LanceSearchIndex(uri=str(home / "index")),
-        "image_index": LanceImageIndex(uri=str(home / "index")),
-        "inbox": LocalInbox(path=str(home / "inbox"), stable_seconds=0.0),
-    })
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def _picture(path: Path, name: str = "coffee") -> Path:

@@ -4,29 +4,14 @@ import json
 import subprocess
 
 import dagster as dg
-import pytest
 import skimage.data
 from PIL import Image
 
 from narra_dagster.app.lifecycle import DELETED, delete_items, retry_items
 from narra_dagster.app.processing import process_files, register
 from narra_dagster.app.status import partition_status
-from narra_dagster.definitions import build_defs
-from narra_dagster.resources import LanceImageIndex, LanceSearchIndex, LocalMediaStore
-from narra_dagster.resources.events import JsonlEventSink
 
 from .conftest import REPO, subprocess_env
-
-
-@pytest.fixture
-def defs(home, embedder, ocr, image_classifier):
-    return build_defs({
-        "media_store": LocalMediaStore(root=str(home / "media")),
-        "embedder": embedder, "ocr": ocr, "image_classifier": image_classifier,
-        "search_index": LanceSearchIndex(uri=str(home / "index")),
-        "image_index": LanceImageIndex(uri=str(home / "index")),
-        "event_sink": JsonlEventSink(path=str(home / "events.jsonl")),
-    })
 
 
 def test_delete_leaves_nothing_of_the_item_and_is_idempotent(defs, home, tmp_path):

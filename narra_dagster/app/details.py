@@ -60,14 +60,7 @@ def page_cache_bytes() -> int:
     Raises:
         ValueError: when the variable is not a positive number.
     """
-    raw = os.environ.get("NARRA_PAGE_CACHE_MB")
-    try:
-        value = float(raw) if raw else PAGE_CACHE_MB
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"NARRA_PAGE_CACHE_MB={raw!r} is not a positive number of MiB")
-    return int(value * 1024 * 1024)
+    return int(settings.positive_number("NARRA_PAGE_CACHE_MB", PAGE_CACHE_MB, "MiB") * 1024 * 1024)
 
 
 def forget_pages(key: str) -> int:

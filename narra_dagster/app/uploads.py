@@ -88,14 +88,7 @@ def upload_idle_timeout_s() -> float:
     Raises:
         ValueError: when the variable is not a positive number.
     """
-    raw = os.environ.get("NARRA_UPLOAD_IDLE_TIMEOUT_S")
-    try:
-        value = float(raw) if raw else IDLE_TIMEOUT_S
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"NARRA_UPLOAD_IDLE_TIMEOUT_S={raw!r} is not a positive number of seconds")
-    return value
+    return settings.positive_number("NARRA_UPLOAD_IDLE_TIMEOUT_S", IDLE_TIMEOUT_S, "seconds")
 
 
 def clean_name(raw: bytes | str | None) -> str:

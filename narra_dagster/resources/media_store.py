@@ -235,12 +235,10 @@ class LocalMediaStore(MediaStore):
                 for p in folder.glob("*.json") if is_partition_key(p.stem)}
 
     def take_tombstone(self, key: str) -> dict[str, Any] | None:
-        _check(key, SOURCE)
-        path = Path(self.root) / TOMBSTONES / f"{key}.json"
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        record = self._read_record(TOMBSTONES, key)
+        if record is None:
             return None
+        path = Path(self.root) / TOMBSTONES / f"{key}.json"
         # A new version of the item begins: recorded before the tombstone goes, so a crash in
         # between leaves the item deleted, never a live item whose old runs count as its own.
         self._write_record(VERSIONS, key, next_version(record))
@@ -248,19 +246,20 @@ class LocalMediaStore(MediaStore):
         return record
 
     def tombstone(self, key: str) -> dict[str, Any] | None:
-        _check(key, SOURCE)
-        try:
-            return json.loads((Path(self.root) / TOMBSTONES / f"{key}.json")
-                              .read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
+        return self._read_record(TOMBSTONES, key)
 
     def version(self, key: str) -> dict[str, Any] | None:
+        try:
+            return self._read_record(VERSIONS, key)
+        except ValueError:  # a torn record: the item reads as version 1
+            return None
+
+    def _read_record(self, folder_name: str, key: str) -> dict[str, Any] | None:
         _check(key, SOURCE)
         try:
-            return json.loads((Path(self.root) / VERSIONS / f"{key}.json")
+            return json.loads((Path(self.root) / folder_name / f"{key}.json")
                               .read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
+        except FileNotFoundError:
             return None
 
     def forget_version(self, key: str) -> None:
